@@ -1,0 +1,27 @@
+#pragma once
+// Read-only memory map of a whole file. Weights are read through this so that a model far larger
+// than RAM is paged in on demand, one layer at a time.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace lowbit {
+
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);  // throws Error if missing or unreadable
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace lowbit
