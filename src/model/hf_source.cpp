@@ -1,0 +1,63 @@
+// Weights from a Hugging Face directory: config.json plus model.safetensors or a sharded index.
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "io/safetensors.h"
+#include "model/weight_source.h"
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace {
+
+class HFSource : public WeightSource, public std::enable_shared_from_this<HFSource> {
+ public:
+  explicit HFSource(const std::string& dir)
+      : dir_(dir), config_(ModelConfig::from_file((std::filesystem::path(dir) / "config.json").string())),
+        weights_(dir) {}
+
+  const ModelConfig& config() const override { return config_; }
+  bool has(const std::string& name) const override { return weights_.contains(name); }
+  std::vector<std::string> names() const override { return weights_.names(); }
+  std::string tokenizer_dir() const override { return dir_; }
+  std::string description() const override { return dir_; }
+
+  torch::Tensor get(const std::string& name) const override {
+    const SafetensorsTensor& t = weights_.tensor(name);
+    if (!dtype_is_float16or32(t.dtype))
+      fail("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", t.file, name, dtype_name(t.dtype));
+    std::vector<int64_t> shape = t.shape;
+    // Aligned F32 is used in place: the tensor keeps the mapping alive, and pages load on demand.
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+      auto keep = shared_from_this();
+      return torch::from_blob(const_cast<uint8_t*>(t.data), shape, [keep](void*) {}, torch::kFloat32);
+    }
+    torch::Tensor out = torch::empty(shape, torch::kFloat32);
+    t.to_float(out.data_ptr<float>());
+    return out;
+  }
+
+ private:
+  std::string dir_;
+  ModelConfig config_;
+  SafetensorsModel weights_;
+};
+
+}  // namespace
+
+std::shared_ptr<WeightSource> open_hf_weights(const std::string& dir) { return std::make_shared<HFSource>(dir); }
+
+std::shared_ptr<WeightSource> open_weights(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail("model path {} does not exist", path);
+  if (fs::is_directory(path, ec)) {
+    if (!fs::exists(fs::path(path) / "config.json", ec)) fail("{}: no config.json in this model directory", path);
+    return open_hf_weights(path);
+  }
+  if (fs::path(path).extension() == ".gguf") return open_gguf_weights(path);
+  fail("{}: not a model (expected a Hugging Face directory with config.json, or a .gguf file)", path);
+}
+
+}  // namespace lowbit

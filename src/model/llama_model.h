@@ -1,0 +1,86 @@
+#pragma once
+// The Llama-family decoder (llama, mistral, qwen2) on LibTorch: RMSNorm, RoPE (default, linear,
+// llama3 scaling), grouped-query attention with optional q/k/v biases, SwiGLU MLP, tied or untied
+// output head. Device-agnostic: weights and activations live on `device`; fp32 on CPU.
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/weight_source.h"
+
+namespace lowbit {
+
+// A linear layer y = x Wᵀ + b. `weight` is [out, in]. An optional activation fake-quantizer is
+// applied to the input first (used for weight+activation quantization).
+struct Linear {
+  torch::Tensor weight, bias;
+  std::function<torch::Tensor(const torch::Tensor&)> input_quant;
+  torch::Tensor operator()(const torch::Tensor& x) const;
+};
+
+struct DecoderLayer {
+  torch::Tensor attn_norm, mlp_norm;  // RMSNorm weights [hidden]
+  Linear q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
+  // The seven linears by their HF short names ("self_attn.q_proj", ..., "mlp.down_proj").
+  static const std::vector<std::string>& linear_names();
+  Linear& linear(const std::string& short_name);
+};
+
+// Per-layer key/value cache for incremental decoding. Keys are stored after RoPE.
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // per layer: [B, kv_heads, capacity, head_dim]
+  int64_t length = 0;               // tokens already cached
+  int64_t capacity = 0;
+};
+
+// Called with the input of every linear layer during a forward pass (calibration statistics).
+// `name` is the full HF weight name, e.g. "model.layers.0.self_attn.q_proj.weight".
+using LinearInputHook = std::function<void(const std::string& name, const torch::Tensor& input)>;
+
+class LlamaModel {
+ public:
+  // Loads every weight from `source` onto `device`.
+  LlamaModel(const WeightSource& source, torch::Device device = torch::kCPU);
+
+  const ModelConfig& config() const { return config_; }
+  torch::Device device() const { return device_; }
+
+  // tokens: [B, T] int64. Returns logits [B, T, vocab] float32. With a cache, the tokens continue
+  // the cached sequence and the cache grows by T.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr) const;
+
+  KVCache make_cache(int64_t batch, int64_t capacity) const;
+
+  // Pieces of forward(), for block-by-block calibration.
+  torch::Tensor embed(const torch::Tensor& tokens) const;                        // [B,T,hidden]
+  torch::Tensor layer_forward(int layer, const torch::Tensor& x, int64_t pos0 = 0,
+                              KVCache* cache = nullptr) const;                    // [B,T,hidden]
+  torch::Tensor head(const torch::Tensor& x) const;                             // final norm + lm_head
+
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+  Linear& lm_head() { return lm_head_; }
+  void set_linear_input_hook(LinearInputHook hook) { hook_ = std::move(hook); }
+
+ private:
+  ModelConfig config_;
+  torch::Device device_;
+  torch::Tensor embed_tokens_, final_norm_;
+  Linear lm_head_;
+  std::vector<DecoderLayer> layers_;
+  torch::Tensor inv_freq_;  // [head_dim/2] float64 on device, after rope scaling
+  LinearInputHook hook_;
+
+  torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor apply_linear(const Linear& l, const std::string& name, const torch::Tensor& x) const;
+  std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(int64_t pos0, int64_t T) const;
+};
+
+// Rotary inverse frequencies for a config, with its rope_scaling applied (float64, CPU).
+torch::Tensor rope_inverse_frequencies(const ModelConfig& c);
+
+}  // namespace lowbit

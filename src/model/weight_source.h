@@ -1,0 +1,37 @@
+#pragma once
+// Where a model's weights come from: a Hugging Face directory (safetensors), a GGUF file, or a
+// lowbit quantized checkpoint. Every source speaks Hugging Face tensor names and layouts
+// (e.g. "model.layers.3.self_attn.q_proj.weight", [out, in], HF q/k row order), so the model
+// code never knows which file format it came from.
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace lowbit {
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual bool has(const std::string& name) const = 0;
+  // float32 CPU tensor in HF layout. May alias a memory map (read-only): clone before writing.
+  virtual torch::Tensor get(const std::string& name) const = 0;
+  virtual std::vector<std::string> names() const = 0;
+  // Directory holding tokenizer.json (and tokenizer.model) for this model, or "" if unknown.
+  virtual std::string tokenizer_dir() const = 0;
+  virtual std::string description() const = 0;  // e.g. "safetensors (F32)", "GGUF v3"
+};
+
+// Opens a model path: a directory with config.json, or a .gguf file. Throws Error if unsupported.
+// Tensors handed out may alias the source's memory maps and keep them alive by themselves.
+std::shared_ptr<WeightSource> open_weights(const std::string& path);
+
+// Weight sources for each kind of file (open_weights picks one).
+std::shared_ptr<WeightSource> open_hf_weights(const std::string& dir);
+std::shared_ptr<WeightSource> open_gguf_weights(const std::string& file);
+
+}  // namespace lowbit
