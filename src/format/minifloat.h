@@ -10,6 +10,8 @@
 // ties to even mantissa, saturation to +-max (inf too), NaN -> NaN code (E4M3/E5M2) or an error.
 //
 // E8M0 (the MX scale): 8 exponent bits, no sign, no mantissa; code e is 2^(e-127), 255 is NaN.
+// Its encode() is the generic nearest-value rule (ties at 1.5 x 2^k go to the even code); the MX
+// scale itself is chosen by the OCP floor rule in block_formats.h, not by rounding.
 #include <optional>
 #include <string>
 #include <string_view>

@@ -13,6 +13,9 @@
 // round() is round-half-to-even; symmetric codes are codec().encode(x / step) (codec.h rules).
 // The stored fp16 scale is the one used, so dequantization is exact given the stored data. A
 // zero scale (all-zero group, or one too small for fp16/E4M3) quantizes everything to 0.
+// Wide grids meet fp16's limits first: fp8_e5m2 (max 57344) on weights with absmax below ~3.5
+// gets an fp16-subnormal scale, a few per cent coarse for absmax ~0.05; values at the top may
+// then saturate by that much. Dequantization stays exact given the stored scale.
 #include <cstdint>
 
 #include "format/spec.h"

@@ -5,7 +5,8 @@
 // Grammar: <element>[:<granularity>][:sym|asym]   (the two options in either order)
 //   granularity: tensor | channel | g<N>   (N columns per group along a row; the last group of a
 //                                            row may be partial, e.g. rows of 172 with g128)
-// Defaults (see registry.cpp): sym; g128 for elements below 8 bits, channel for 8-bit ones.
+// Defaults (also in the registry's help): sym; g128 for elements below 8 bits, channel for 8-bit
+// ones, g64 for nf4 (QLoRA's block).
 // asym exists for the integer formats only. MX and NVFP4 formats have fixed blocks and take no
 // options. str() prints the canonical form (every option explicit), and parse(str()) gives back
 // an equal spec.
