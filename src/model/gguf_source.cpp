@@ -1,5 +1,131 @@
+// Weights from a GGUF file (F32, F16 or BF16 tensors), presented with Hugging Face names and
+// layouts. llama.cpp's converter permutes the rows of q/k for llama-architecture models (it
+// rotates adjacent pairs where HF rotates halves); this source undoes that permutation.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <regex>
+
+#include "io/gguf.h"
 #include "model/weight_source.h"
 #include "util/error.h"
+
 namespace lowbit {
-std::shared_ptr<WeightSource> open_gguf_weights(const std::string& file) { fail("{}: GGUF loading: work in progress", file); }
+
+namespace {
+
+ModelConfig config_from_gguf(const GGUFFile& f) {
+  const std::string arch = f.get_string("general.architecture");
+  if (arch != "llama" && arch != "qwen2")
+    fail("{}: unsupported GGUF architecture '{}' (supported: llama, qwen2)", f.path(), arch);
+  auto key = [&](const char* k) { return arch + "." + k; };
+  nlohmann::json j;
+  j["model_type"] = arch;
+  j["hidden_size"] = f.get_int(key("embedding_length"));
+  j["intermediate_size"] = f.get_int(key("feed_forward_length"));
+  j["num_hidden_layers"] = f.get_int(key("block_count"));
+  int64_t heads = f.get_int(key("attention.head_count"));
+  j["num_attention_heads"] = heads;
+  j["num_key_value_heads"] = f.get_int(key("attention.head_count_kv"), heads);
+  int64_t hidden = j["hidden_size"];
+  j["head_dim"] = f.get_int(key("attention.key_length"), f.get_int(key("rope.dimension_count"), hidden / heads));
+  j["rms_norm_eps"] = f.get_float(key("attention.layer_norm_rms_epsilon"));
+  j["rope_theta"] = f.get_float(key("rope.freq_base"), 10000.0);
+  j["max_position_embeddings"] = f.get_int(key("context_length"), 2048);
+  const GGUFTensor& emb = f.tensor("token_embd.weight");
+  j["vocab_size"] = emb.shape.at(0);
+  j["tie_word_embeddings"] = f.find_tensor("output.weight") == nullptr;
+  j["bos_token_id"] = f.get_int("tokenizer.ggml.bos_token_id", 1);
+  j["eos_token_id"] = f.get_int("tokenizer.ggml.eos_token_id", 2);
+  std::string scaling = f.get_string(key("rope.scaling.type"), "none");
+  if (scaling == "linear") {
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", f.get_float(key("rope.scaling.factor"))}};
+  } else if (scaling != "none") {
+    fail("{}: unsupported rope scaling type '{}' in GGUF", f.path(), scaling);
+  }
+  if (f.find_tensor("rope_freqs.weight"))
+    fail("{}: unsupported: per-frequency rope factors (rope_freqs.weight); load the Hugging Face copy", f.path());
+  return ModelConfig::from_json(j, f.path());
 }
+
+// GGUF name -> HF name. Returns "" for tensors lowbit does not use.
+std::string hf_name(const std::string& g) {
+  static const std::vector<std::pair<std::string, std::string>> layer_map = {
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"attn_q.weight", "self_attn.q_proj.weight"},   {"attn_q.bias", "self_attn.q_proj.bias"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},   {"attn_k.bias", "self_attn.k_proj.bias"},
+      {"attn_v.weight", "self_attn.v_proj.weight"},   {"attn_v.bias", "self_attn.v_proj.bias"},
+      {"attn_output.weight", "self_attn.o_proj.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},
+      {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"}};
+  if (g == "token_embd.weight") return "model.embed_tokens.weight";
+  if (g == "output_norm.weight") return "model.norm.weight";
+  if (g == "output.weight") return "lm_head.weight";
+  static const std::regex blk(R"(blk\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(g, m, blk))
+    for (const auto& [from, to] : layer_map)
+      if (m[2] == from) return "model.layers." + m[1].str() + "." + to;
+  return "";
+}
+
+class GGUFSource : public WeightSource {
+ public:
+  explicit GGUFSource(const std::string& path) : file_(path), config_(config_from_gguf(file_)) {
+    arch_ = file_.get_string("general.architecture");
+    for (const GGUFTensor& t : file_.tensors()) {
+      std::string n = hf_name(t.name);
+      if (!n.empty()) by_hf_name_.emplace(n, &t);
+    }
+    std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    if (std::filesystem::exists(dir / "tokenizer.json")) tokenizer_dir_ = dir.string();
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  bool has(const std::string& name) const override { return by_hf_name_.count(name) > 0; }
+  std::string tokenizer_dir() const override { return tokenizer_dir_; }
+  std::string description() const override { return file_.path(); }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const auto& [n, t] : by_hf_name_) out.push_back(n);
+    return out;
+  }
+
+  torch::Tensor get(const std::string& name) const override {
+    auto it = by_hf_name_.find(name);
+    if (it == by_hf_name_.end()) fail("{}: no tensor for '{}'", file_.path(), name);
+    const GGUFTensor& t = *it->second;
+    torch::Tensor out = torch::empty(t.shape, torch::kFloat32);
+    t.to_float(out.data_ptr<float>());
+    if (arch_ == "llama") {
+      bool q = name.find("q_proj.") != std::string::npos, k = name.find("k_proj.") != std::string::npos;
+      if (q || k) out = unpermute(out, q ? config_.num_heads : config_.num_kv_heads);
+    }
+    return out;
+  }
+
+ private:
+  GGUFFile file_;
+  ModelConfig config_;
+  std::string arch_, tokenizer_dir_;
+  std::map<std::string, const GGUFTensor*> by_hf_name_;
+
+  // llama.cpp stores each head's rows as interleaved pairs (r0, r_{D/2}, r1, r_{D/2+1}, ...);
+  // HF keeps the two halves apart. [heads, D/2, 2, ...] -> [heads, 2, D/2, ...].
+  torch::Tensor unpermute(const torch::Tensor& w, int64_t heads) const {
+    std::vector<int64_t> shape = {heads, config_.head_dim / 2, 2};
+    for (int64_t i = 1; i < w.dim(); ++i) shape.push_back(w.size(i));
+    return w.reshape(shape).transpose(1, 2).reshape(w.sizes()).contiguous();
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<WeightSource> open_gguf_weights(const std::string& file) {
+  return std::make_shared<GGUFSource>(file);
+}
+
+}  // namespace lowbit

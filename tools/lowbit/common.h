@@ -1,25 +1,13 @@
 #pragma once
-// What every CLI command shares: loading a model with its tokenizer, thread setup, JSON output.
+// What every CLI command shares: runtime options (threads, device) and JSON output.
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "model/llama_model.h"
-#include "model/weight_source.h"
-#include "tokenizer/tokenizer.h"
+#include "model/model_loader.h"
 
 namespace lowbit::cli {
-
-struct LoadedModel {
-  std::shared_ptr<WeightSource> source;
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-};
-
-// Loads weights and the tokenizer (tokenizer.json beside the weights, or `tokenizer_path`), and
-// refuses a tokenizer whose vocabulary does not fit the model's.
-LoadedModel load_model(const std::string& path, const std::string& tokenizer_path, torch::Device device);
 
 // --threads (0: all cores) and --device options shared by commands that run the model.
 struct RuntimeOptions {

@@ -1,0 +1,10 @@
+#include "util/allocator.h"
+
+#include <malloc.h>
+
+namespace lowbit {
+void keep_freed_memory() {
+  mallopt(M_MMAP_MAX, 0);                 // large blocks come from the heap and are reused
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);     // give memory back only past 1 GiB of free heap top
+}
+}  // namespace lowbit

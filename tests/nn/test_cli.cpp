@@ -1,0 +1,129 @@
+// The command line on bad input: one clear line on stderr and a non-zero exit, never a crash.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kLowbit = std::string(LOWBIT_BINARY_DIR) + "/lowbit";
+const std::string kAssets = LOWBIT_ASSETS;
+const std::string kStories = kAssets + "/models/stories260K";
+
+struct CliResult {
+  int exit_code;
+  std::string err;
+};
+
+CliResult run(const std::string& args) {
+  std::string err_file = testing::TempDir() + "/cli_stderr.txt";
+  int status = std::system((kLowbit + " " + args + " >/dev/null 2>" + err_file).c_str());
+  std::ifstream in(err_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), ss.str()};
+}
+
+// Exit code 1 and exactly one line, starting "error:" and mentioning `needle`.
+void expect_clean_error(const std::string& args, const std::string& needle) {
+  CliResult r = run(args);
+  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "missing '" << needle << "' in: " << r.err;
+}
+
+fs::path scratch(const std::string& name) {
+  fs::path d = fs::path(testing::TempDir()) / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// A copy of stories260K whose files the test can break.
+fs::path stories_copy(const std::string& name) {
+  fs::path d = scratch(name);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"})
+    fs::copy_file(fs::path(kStories) / f, d / f);
+  return d;
+}
+
+const std::string kText = " --text " + kAssets + "/data/tinystories/tinystories_sample.txt";
+
+TEST(Cli, EvalRunsOnAGoodModel) {
+  CliResult r = run("eval --model " + kStories + kText + " --ctx 64 --no-progress");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(Cli, TruncatedSafetensors) {
+  fs::path d = stories_copy("truncated");
+  fs::resize_file(d / "model.safetensors", fs::file_size(d / "model.safetensors") / 2);
+  expect_clean_error("eval --model " + d.string() + kText, "model.safetensors");
+}
+
+TEST(Cli, CorruptSafetensorsHeader) {
+  fs::path d = stories_copy("badheader");
+  std::fstream f(d / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(8);
+  f.write("#garbage", 8);  // the JSON header no longer parses
+  f.close();
+  expect_clean_error("eval --model " + d.string() + kText, "not a safetensors file");
+}
+
+TEST(Cli, TruncatedGguf) {
+  fs::path d = scratch("badgguf");
+  fs::copy_file(kStories + "/stories260K.gguf", d / "m.gguf");
+  fs::copy_file(kStories + "/tokenizer.json", d / "tokenizer.json");
+  fs::resize_file(d / "m.gguf", 20000);
+  expect_clean_error("eval --model " + (d / "m.gguf").string() + kText, "m.gguf");
+}
+
+TEST(Cli, MissingConfigField) {
+  fs::path d = stories_copy("nofield");
+  std::ifstream in(d / "config.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  in.close();
+  std::string cfg = ss.str();
+  size_t p = cfg.find("\"num_hidden_layers\"");
+  cfg.replace(p, std::string("\"num_hidden_layers\"").size(), "\"renamed_field\"");
+  std::ofstream(d / "config.json") << cfg;
+  expect_clean_error("eval --model " + d.string() + kText, "num_hidden_layers");
+}
+
+TEST(Cli, UnsupportedArchitecture) {
+  fs::path d = stories_copy("arch");
+  std::ifstream in(d / "config.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  in.close();
+  std::string cfg = ss.str();
+  size_t p = cfg.find("\"llama\"");
+  cfg.replace(p, 7, "\"falcon\"");
+  std::ofstream(d / "config.json") << cfg;
+  expect_clean_error("eval --model " + d.string() + kText, "falcon");
+}
+
+TEST(Cli, EmptyAndNonUtf8Text) {
+  fs::path d = scratch("texts");
+  std::ofstream(d / "empty.txt").close();
+  std::ofstream(d / "binary.txt", std::ios::binary) << "some text\xff\xfe more";
+  expect_clean_error("eval --model " + kStories + " --text " + (d / "empty.txt").string(), "empty");
+  expect_clean_error("eval --model " + kStories + " --text " + (d / "binary.txt").string(), "UTF-8");
+}
+
+TEST(Cli, TokenizerVocabularyMismatch) {
+  expect_clean_error("eval --model " + kStories + " --tokenizer " + kAssets + "/models/gutenberg-6m/tokenizer.json" +
+                         kText,
+                     "do not belong together");
+}
+
+TEST(Cli, TextShorterThanOneChunk) {
+  expect_clean_error("eval --model " + kStories + kText + " --ctx 100000", "fewer than one chunk");
+}
+
+}  // namespace
