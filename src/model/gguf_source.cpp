@@ -94,10 +94,10 @@ class GGUFSource : public WeightSource {
     return out;
   }
 
+  std::vector<int64_t> shape(const std::string& name) const override { return find(name).shape; }
+
   torch::Tensor get(const std::string& name) const override {
-    auto it = by_hf_name_.find(name);
-    if (it == by_hf_name_.end()) fail("{}: no tensor for '{}'", file_.path(), name);
-    const GGUFTensor& t = *it->second;
+    const GGUFTensor& t = find(name);
     torch::Tensor out = torch::empty(t.shape, torch::kFloat32);
     t.to_float(out.data_ptr<float>());
     if (arch_ == "llama") {
@@ -112,6 +112,12 @@ class GGUFSource : public WeightSource {
   ModelConfig config_;
   std::string arch_, tokenizer_dir_;
   std::map<std::string, const GGUFTensor*> by_hf_name_;
+
+  const GGUFTensor& find(const std::string& name) const {
+    auto it = by_hf_name_.find(name);
+    if (it == by_hf_name_.end()) fail("{}: no tensor for '{}'", file_.path(), name);
+    return *it->second;
+  }
 
   // llama.cpp stores each head's rows as interleaved pairs (r0, r_{D/2}, r1, r_{D/2+1}, ...);
   // HF keeps the two halves apart. [heads, D/2, 2, ...] -> [heads, 2, D/2, ...].

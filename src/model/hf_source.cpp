@@ -2,7 +2,9 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 
+#include "io/quantized_checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weight_source.h"
 #include "util/error.h"
@@ -20,6 +22,7 @@ class HFSource : public WeightSource, public std::enable_shared_from_this<HFSour
   const ModelConfig& config() const override { return config_; }
   bool has(const std::string& name) const override { return weights_.contains(name); }
   std::vector<std::string> names() const override { return weights_.names(); }
+  std::vector<int64_t> shape(const std::string& name) const override { return weights_.tensor(name).shape; }
   std::string tokenizer_dir() const override { return dir_; }
   std::string description() const override { return dir_; }
 
@@ -53,7 +56,11 @@ std::shared_ptr<WeightSource> open_weights(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail("model path {} does not exist", path);
   if (fs::is_directory(path, ec)) {
-    if (!fs::exists(fs::path(path) / "config.json", ec)) fail("{}: no config.json in this model directory", path);
+    fs::path config = fs::path(path) / "config.json";
+    if (!fs::exists(config, ec)) fail("{}: no config.json in this model directory", path);
+    std::ifstream in(config);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (is_quantized_checkpoint(j)) return open_quantized_weights(path);
     return open_hf_weights(path);
   }
   if (fs::path(path).extension() == ".gguf") return open_gguf_weights(path);

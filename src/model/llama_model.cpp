@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <regex>
 
+#include "quant/activation.h"
 #include "util/error.h"
 
 namespace lowbit {
@@ -110,6 +112,18 @@ LlamaModel::LlamaModel(const WeightSource& src, torch::Device device) : config_(
     }
   }
   inv_freq_ = rope_inverse_frequencies(c).to(device);
+
+  // Weight+activation checkpoints: install each linear's static activation fake-quantizer.
+  nlohmann::json q = src.quantization_config();
+  if (q.is_object() && q.contains("activations")) {
+    for (const auto& [name, entry] : q["activations"].items()) {
+      static const std::regex re(R"(model\.layers\.(\d+)\.(.+)\.weight)");
+      std::smatch m;
+      if (!std::regex_match(name, m, re) || std::stoi(m[1]) >= c.num_layers)
+        fail("{}: activation quantization for unknown layer '{}'", src.description(), name);
+      layers_[std::stoi(m[1])].linear(m[2]).input_quant = ActivationQuant::from_json(entry).fake_quantizer();
+    }
+  }
 }
 
 torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {

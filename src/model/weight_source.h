@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -21,9 +22,12 @@ class WeightSource {
   // float32 CPU tensor in HF layout. May alias a memory map (read-only): clone before writing.
   virtual torch::Tensor get(const std::string& name) const = 0;
   virtual std::vector<std::string> names() const = 0;
+  virtual std::vector<int64_t> shape(const std::string& name) const = 0;  // without reading data
   // Directory holding tokenizer.json (and tokenizer.model) for this model, or "" if unknown.
   virtual std::string tokenizer_dir() const = 0;
-  virtual std::string description() const = 0;  // e.g. "safetensors (F32)", "GGUF v3"
+  virtual std::string description() const = 0;  // the path, for messages
+  // A quantized checkpoint's "quantization_config" (io/quantized_checkpoint.h); null otherwise.
+  virtual nlohmann::json quantization_config() const { return nullptr; }
 };
 
 // Opens a model path: a directory with config.json, or a .gguf file. Throws Error if unsupported.
@@ -33,5 +37,6 @@ std::shared_ptr<WeightSource> open_weights(const std::string& path);
 // Weight sources for each kind of file (open_weights picks one).
 std::shared_ptr<WeightSource> open_hf_weights(const std::string& dir);
 std::shared_ptr<WeightSource> open_gguf_weights(const std::string& file);
+std::shared_ptr<WeightSource> open_quantized_weights(const std::string& dir);
 
 }  // namespace lowbit

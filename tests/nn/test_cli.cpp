@@ -1,6 +1,7 @@
 // The command line on bad input: one clear line on stderr and a non-zero exit, never a crash.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -20,7 +21,8 @@ struct CliResult {
 };
 
 CliResult run(const std::string& args) {
-  std::string err_file = testing::TempDir() + "/cli_stderr.txt";
+  // ctest runs tests in parallel processes: each needs its own capture file.
+  std::string err_file = testing::TempDir() + "/cli_stderr_" + std::to_string(::getpid()) + ".txt";
   int status = std::system((kLowbit + " " + args + " >/dev/null 2>" + err_file).c_str());
   std::ifstream in(err_file);
   std::stringstream ss;

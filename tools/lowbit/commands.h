@@ -5,4 +5,6 @@
 namespace lowbit::cli {
 void add_generate(CLI::App& app);
 void add_eval(CLI::App& app);
+void add_quantize(CLI::App& app);
+void add_export(CLI::App& app);
 }  // namespace lowbit::cli

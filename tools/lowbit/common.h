@@ -6,6 +6,8 @@
 #include <string>
 
 #include "model/model_loader.h"
+#include "util/allocator.h"
+#include "util/error.h"
 
 namespace lowbit::cli {
 

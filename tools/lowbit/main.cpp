@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   lowbit::cli::add_generate(app);
   lowbit::cli::add_eval(app);
+  lowbit::cli::add_quantize(app);
+  lowbit::cli::add_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

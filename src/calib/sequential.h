@@ -1,0 +1,45 @@
+#pragma once
+// The sequential block driver of GPTQ-style calibration:
+//   1. run the calibration samples to the inputs of block 0;
+//   2. for each block, quantize its linear layers in groups (q/k/v, o, gate/up, down), each
+//      group with statistics of its own input gathered by a forward pass through the block as
+//      it stands (earlier groups already quantized);
+//   3. re-run the quantized block to produce the next block's inputs.
+// Only one block's activations and statistics are alive at a time.
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+
+#include "model/llama_model.h"
+
+namespace lowbit {
+
+// Statistics of the input x of a group of linear layers (q/k/v share one input, as do gate/up).
+struct LinearInputStats {
+  torch::Tensor hessian;       // [in, in] float32, H = 2/n Σ x xᵀ, when requested
+  torch::Tensor input_sample;  // [k, in] float32: the first k input rows, when requested
+  double input_absmax = 0;     // max |x| over every calibration token
+  int64_t tokens = 0;
+};
+
+struct SequentialOptions {
+  bool hessian = true;
+  int64_t input_sample_rows = 0;  // rows of raw inputs to keep (weight+activation format choice)
+  int batch = 8;                  // calibration samples per forward pass
+  bool progress = true;
+};
+
+// Called once per linear layer, in order. `name` is the HF weight name
+// ("model.layers.3.mlp.up_proj.weight"). The callback replaces linear.weight (and may set
+// linear.input_quant); the driver uses the new layer for everything that follows.
+using QuantizeLinear =
+    std::function<void(int layer, const std::string& name, Linear& linear, const LinearInputStats& stats)>;
+
+// The linear layers of a block in the groups that share an input, in quantization order.
+const std::vector<std::vector<std::string>>& sequential_groups();
+
+void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens, const SequentialOptions& options,
+                           const QuantizeLinear& quantize_linear);
+
+}  // namespace lowbit

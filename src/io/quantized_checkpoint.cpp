@@ -1,0 +1,212 @@
+#include "io/quantized_checkpoint.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "format/packing.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+QuantizedCheckpointWriter::QuantizedCheckpointWriter(const std::string& out_dir, json hf_config,
+                                                     size_t max_shard_bytes)
+    : out_(fs::path(out_dir).lexically_normal().string()), hf_config_(std::move(hf_config)),
+      max_shard_bytes_(max_shard_bytes) {
+  if (!out_.empty() && out_.back() == '/') out_.pop_back();
+  if (fs::exists(out_) && !fs::is_directory(out_)) fail("output {} exists and is not a directory", out_);
+  tmp_ = fmt::format("{}.partial-{}", out_, ::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+  fs::create_directories(tmp_, ec);
+  if (ec) fail("cannot create {}: {}", tmp_, ec.message());
+}
+
+QuantizedCheckpointWriter::~QuantizedCheckpointWriter() {
+  if (!finished_) {
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+  }
+}
+
+void QuantizedCheckpointWriter::add(Pending p) {
+  pending_bytes_ += p.bytes.size();
+  pending_.push_back(std::move(p));
+}
+
+// Called after each whole tensor, so a quantized weight's pieces always share a shard.
+void QuantizedCheckpointWriter::maybe_flush() {
+  if (pending_bytes_ >= max_shard_bytes_) flush(nullptr);
+}
+
+void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<int64_t> shape, const float* data) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<uint8_t> bytes(size_t(n) * 4);
+  std::memcpy(bytes.data(), data, bytes.size());
+  add({name, DType::F32, std::move(shape), std::move(bytes)});
+  maybe_flush();
+}
+
+void QuantizedCheckpointWriter::add_quantized(const std::string& name, const QuantizedTensor& q) {
+  const FormatSpec& spec = q.spec;
+  add({name + ".qcodes", DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())}, q.codes});
+  const int64_t slots = int64_t(q.scales.size());
+  std::vector<uint8_t> scales;
+  if (scale_bits(spec) == 16) {
+    scales.resize(size_t(slots) * 2);
+    for (int64_t i = 0; i < slots; ++i) {
+      uint16_t raw = encode_scale(spec, q.scales[i]);
+      std::memcpy(scales.data() + 2 * i, &raw, 2);
+    }
+    add({name + ".qscales", DType::F16, {slots}, std::move(scales)});
+  } else {
+    scales.resize(size_t(slots));
+    for (int64_t i = 0; i < slots; ++i) scales[i] = uint8_t(encode_scale(spec, q.scales[i]));
+    add({name + ".qscales", DType::U8, {slots}, std::move(scales)});
+  }
+  if (spec.asymmetric) add({name + ".qzeros", DType::U8, {slots}, q.zeros});
+  maybe_flush();
+}
+
+void QuantizedCheckpointWriter::flush(const json& quantization_config) {
+  if (pending_.empty() && !shard_files_.empty()) return;
+  std::string file = (fs::path(tmp_) / fmt::format("shard-{}.safetensors", shard_files_.size())).string();
+  std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  if (!quantization_config.is_null()) metadata["quantization_config"] = quantization_config.dump();
+  std::vector<SafetensorsWriter::Input> inputs;
+  std::vector<std::string> names;
+  for (const Pending& p : pending_) {
+    inputs.push_back({p.name, p.dtype, p.shape, p.bytes.data()});
+    names.push_back(p.name);
+  }
+  SafetensorsWriter::write_file(file, metadata, inputs);
+  shard_files_.push_back(file);
+  shard_tensors_.push_back(std::move(names));
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
+namespace {
+void write_text(const fs::path& path, const std::string& text) {
+  AtomicFile f(path.string());
+  f.write(text);
+  f.commit();
+}
+}  // namespace
+
+void QuantizedCheckpointWriter::finish(const json& quantization_config, const std::string& tokenizer_dir) {
+  // Shards flushed early lack the config: a sharded checkpoint carries it in its index.
+  flush(quantization_config);
+  const size_t n = shard_files_.size();
+  json weight_map = json::object();
+  for (size_t i = 0; i < n; ++i) {
+    std::string final_name = n == 1 ? "model.safetensors"
+                                    : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
+    fs::rename(shard_files_[i], fs::path(tmp_) / final_name);
+    for (const std::string& t : shard_tensors_[i]) weight_map[t] = final_name;
+  }
+  if (n > 1) {
+    json index = {{"metadata", {{"quantization_config", quantization_config.dump()}}}, {"weight_map", weight_map}};
+    write_text(fs::path(tmp_) / "model.safetensors.index.json", index.dump(2));
+  }
+  json cfg = hf_config_;
+  cfg["quantization_config"] = {{"quant_method", kQuantMethodName},
+                                {"bits_per_weight", quantization_config.value("bits_per_weight", 0.0)}};
+  write_text(fs::path(tmp_) / "config.json", cfg.dump(2));
+  if (!tokenizer_dir.empty())
+    for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"})
+      if (fs::exists(fs::path(tokenizer_dir) / f)) fs::copy_file(fs::path(tokenizer_dir) / f, fs::path(tmp_) / f);
+
+  // Replace an older output only now that the new one is complete.
+  std::error_code ec;
+  std::string old = fmt::format("{}.old-{}", out_, ::getpid());
+  if (fs::exists(out_)) fs::rename(out_, old, ec);
+  if (ec) fail("cannot replace {}: {}", out_, ec.message());
+  fs::rename(tmp_, out_, ec);
+  if (ec) fail("cannot move {} to {}: {}", tmp_, out_, ec.message());
+  fs::remove_all(old, ec);
+  finished_ = true;
+}
+
+bool is_quantized_checkpoint(const json& hf_config) {
+  return hf_config.contains("quantization_config") && hf_config["quantization_config"].is_object() &&
+         hf_config["quantization_config"].value("quant_method", "") == kQuantMethodName;
+}
+
+json read_quantization_config(const SafetensorsModel& weights) {
+  // A sharded checkpoint keeps it in the index; a single file in its own metadata.
+  fs::path index = fs::is_directory(weights.path()) ? fs::path(weights.path()) / "model.safetensors.index.json"
+                                                    : fs::path(weights.path());
+  if (index.extension() == ".json" && fs::exists(index)) {
+    std::ifstream in(index);
+    json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("metadata") && j["metadata"].contains("quantization_config")) {
+      json cfg = json::parse(j["metadata"]["quantization_config"].get<std::string>(), nullptr, false);
+      if (cfg.is_discarded()) fail("{}: quantization_config metadata is not valid JSON", index.string());
+      return cfg;
+    }
+  }
+  for (auto it = weights.files().rbegin(); it != weights.files().rend(); ++it) {
+    auto m = it->metadata().find("quantization_config");
+    if (m == it->metadata().end()) continue;
+    try {
+      return json::parse(m->second);
+    } catch (const json::exception& e) {
+      fail("{}: quantization_config metadata is not valid JSON: {}", it->path(), e.what());
+    }
+  }
+  fail("{}: no quantization_config in the safetensors metadata", weights.path());
+}
+
+QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std::string& name, const json& tc) {
+  QuantizedTensor q;
+  try {
+    q.spec = FormatSpec::parse(tc.at("format").get<std::string>());
+    q.rows = tc.at("shape").at(0).get<int64_t>();
+    q.cols = tc.at("shape").at(1).get<int64_t>();
+    q.tensor_scale = tc.value("tensor_scale", 1.0f);
+  } catch (const json::exception& e) {
+    fail("{}: quantization config of '{}' is incomplete: {}", weights.path(), name, e.what());
+  }
+  const FormatSpec& spec = q.spec;
+  const int64_t slots = num_slots(spec, q.rows, q.cols);
+  auto expect = [&](const SafetensorsTensor& t, DType dtype, std::vector<int64_t> shape) {
+    if (t.dtype != dtype || t.shape != shape)
+      fail("{}: '{}' has dtype {} shape [{}], expected {} [{}] for {}", t.file, t.name, dtype_name(t.dtype),
+           fmt::join(t.shape, ","), dtype_name(dtype), fmt::join(shape, ","), spec.str());
+  };
+  const SafetensorsTensor& codes = weights.tensor(name + ".qcodes");
+  expect(codes, DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())});
+  q.codes.assign(codes.data, codes.data + codes.nbytes);
+  const SafetensorsTensor& scales = weights.tensor(name + ".qscales");
+  q.scales.resize(size_t(slots));
+  if (scale_bits(spec) == 16) {
+    expect(scales, DType::F16, {slots});
+    for (int64_t i = 0; i < slots; ++i) {
+      uint16_t raw;
+      std::memcpy(&raw, scales.data + 2 * i, 2);
+      q.scales[i] = decode_scale(spec, raw);
+    }
+  } else {
+    expect(scales, DType::U8, {slots});
+    for (int64_t i = 0; i < slots; ++i) q.scales[i] = decode_scale(spec, scales.data[i]);
+  }
+  if (spec.asymmetric) {
+    const SafetensorsTensor& zeros = weights.tensor(name + ".qzeros");
+    expect(zeros, DType::U8, {slots});
+    q.zeros.assign(zeros.data, zeros.data + zeros.nbytes);
+    const int max_code = (1 << spec.bits()) - 1;
+    for (uint8_t z : q.zeros)
+      if (z > max_code) fail("{}: zero point {} of '{}' out of range for {}", zeros.file, z, name, spec.str());
+  }
+  return q;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,72 @@
+// Weights from a lowbit quantized checkpoint (io/quantized_checkpoint.h). Quantized tensors are
+// dequantized on demand, so the model runs the exact values the checkpoint stores.
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "format/quantized_tensor.h"
+#include "io/quantized_checkpoint.h"
+#include "model/weight_source.h"
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace {
+
+class QuantizedSource : public WeightSource {
+ public:
+  explicit QuantizedSource(const std::string& dir)
+      : dir_(dir), config_(ModelConfig::from_file((std::filesystem::path(dir) / "config.json").string())),
+        weights_(dir), qconfig_(read_quantization_config(weights_)) {
+    if (!qconfig_.contains("tensors") || !qconfig_["tensors"].is_object())
+      fail("{}: quantization_config has no 'tensors' object", dir);
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  std::string tokenizer_dir() const override { return dir_; }
+  std::string description() const override { return dir_; }
+  nlohmann::json quantization_config() const override { return qconfig_; }
+
+  bool has(const std::string& name) const override {
+    return qconfig_["tensors"].contains(name) || weights_.contains(name);
+  }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const auto& [name, tc] : qconfig_["tensors"].items()) out.push_back(name);
+    for (const std::string& n : weights_.names())
+      if (!n.ends_with(".qcodes") && !n.ends_with(".qscales") && !n.ends_with(".qzeros")) out.push_back(n);
+    return out;
+  }
+
+  std::vector<int64_t> shape(const std::string& name) const override {
+    if (qconfig_["tensors"].contains(name)) return qconfig_["tensors"][name].value("shape", std::vector<int64_t>{});
+    return weights_.tensor(name).shape;
+  }
+
+  torch::Tensor get(const std::string& name) const override {
+    if (qconfig_["tensors"].contains(name)) {
+      QuantizedTensor q = read_quantized_tensor(weights_, name, qconfig_["tensors"][name]);
+      std::vector<float> w = dequantize(q);
+      return torch::from_blob(w.data(), {q.rows, q.cols}, torch::kFloat32).clone();
+    }
+    const SafetensorsTensor& t = weights_.tensor(name);
+    torch::Tensor out = torch::empty(t.shape, torch::kFloat32);
+    t.to_float(out.data_ptr<float>());
+    return out;
+  }
+
+ private:
+  std::string dir_;
+  ModelConfig config_;
+  SafetensorsModel weights_;
+  nlohmann::json qconfig_;
+};
+
+}  // namespace
+
+std::shared_ptr<WeightSource> open_quantized_weights(const std::string& dir) {
+  return std::make_shared<QuantizedSource>(dir);
+}
+
+}  // namespace lowbit

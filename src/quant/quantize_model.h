@@ -1,0 +1,48 @@
+#pragma once
+// Quantizing a whole model: every linear layer of every decoder block, with one format or a
+// per-layer choice among candidates (MoFQ), by RTN or GPTQ, optionally with static activation
+// quantization (W8A8), written as a lowbit quantized checkpoint.
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "calib/calib_data.h"
+#include "quant/quantizer.h"
+
+namespace lowbit {
+
+struct QuantizeJob {
+  std::string model, tokenizer;       // model path; tokenizer.json (default: beside the model)
+  std::string out;                    // output directory; empty for a dry run
+  std::vector<FormatSpec> candidates; // one: that format; several: MoFQ chooses per layer
+  MofqMetric metric = MofqMetric::WeightMse;
+  LayerQuantOptions layer;
+  bool quantize_activations = false;  // W8A8: activations in the layer's chosen element format
+  CalibOptions calib;                 // used when calibration is needed (calib.file non-empty)
+  int calib_batch = 8;
+  bool progress = true;
+};
+
+// Whether the job needs calibration data (GPTQ, the output-error metric, or activations).
+bool needs_calibration(const QuantizeJob& job);
+
+struct LayerReport {
+  std::string name;
+  std::string format;          // the chosen format
+  std::vector<double> errors;  // per candidate, under the job's metric
+  double weight_mse = 0, output_error = 0, bits_per_weight = 0;
+  int64_t rows = 0, cols = 0;
+};
+
+struct QuantizeReport {
+  std::vector<LayerReport> layers;
+  double bits_per_weight = 0;  // over every quantized linear weight, scales included
+  int64_t quantized_weights = 0;
+  double seconds = 0;
+  nlohmann::json quantization_config;  // what the checkpoint stores
+  nlohmann::json to_json() const;
+};
+
+QuantizeReport quantize_model(const QuantizeJob& job);
+
+}  // namespace lowbit

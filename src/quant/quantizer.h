@@ -1,0 +1,72 @@
+#pragma once
+// Quantizing one linear layer's weight matrix onto any format of the registry (src/format), on
+// LibTorch so it runs wherever the tensors live (CPU, CUDA). Results are bit-exact with the
+// scalar reference in src/format: the same codes, the same stored scales.
+//
+//   RTN   round to nearest, optionally with an MSE-optimal clipping search per scale slot
+//   GPTQ  Frantar et al. 2022: Hessian-based error compensation, column by column
+//
+// Weights are [rows = out features, cols = in features]. H is the Hessian proxy of the layer's
+// inputs, H = 2/n Σ x xᵀ over n calibration tokens ([cols, cols], float32 or float64).
+#include <torch/types.h>
+
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "format/format.h"
+
+namespace lowbit {
+
+enum class QuantMethod { RTN, GPTQ };
+
+struct RtnOptions {
+  bool clip_search = false;  // try shrink factors of the range, keep the lowest-MSE one per slot
+  int clip_steps = 20;       // factors 1, 1 - (1 - min_clip)/steps, ..., min_clip
+  float min_clip = 0.5f;
+};
+
+struct GptqOptions {
+  double damp = 0.01;          // added to the diagonal: damp * mean(diag(H))
+  int block_size = 128;        // columns per lazy-update block
+  bool act_order = false;      // quantize columns in order of decreasing diag(H)
+  bool static_groups = false;  // with act_order: fit every group's scale up front
+};
+
+struct LayerQuantOptions {
+  QuantMethod method = QuantMethod::RTN;
+  RtnOptions rtn;
+  GptqOptions gptq;
+};
+
+struct LayerQuantResult {
+  QuantizedTensor q;          // the stored form (codes, scales, zeros)
+  torch::Tensor dequantized;  // [rows, cols] float32 on W's device; equals dequantize(q)
+  double weight_mse = 0;      // mean((W - Ŵ)²)
+  double output_error = std::numeric_limits<double>::quiet_NaN();  // tr(ΔW H ΔWᵀ), if H given
+};
+
+// H is required for GPTQ and optional for RTN (then output_error is filled in).
+LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
+                                const torch::Tensor& H = {});
+
+// tr(ΔW H ΔWᵀ): the increase of the layer's output squared error on the calibration inputs.
+double output_error(const torch::Tensor& dW, const torch::Tensor& H);
+
+// MoFQ (Zhang et al. 2023): quantize with every candidate format and keep the one with the least
+// error under the metric. errors[i] belongs to candidates[i].
+enum class MofqMetric { WeightMse, OutputError };
+struct MofqChoice {
+  size_t best = 0;
+  std::vector<double> errors;
+  LayerQuantResult result;  // the best candidate's
+};
+MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& candidates, MofqMetric metric,
+                         const LayerQuantOptions& options, const torch::Tensor& H = {});
+
+// Element-wise round-to-grid of already-scaled values (x / step) with the codec's exact rules
+// (nearest, ties to even, saturation): what activation fake-quantization and the vectorized
+// quantizers use. Returns decoded grid values, same shape and dtype as x.
+torch::Tensor round_to_grid(const torch::Tensor& x, const Codec& codec);
+
+}  // namespace lowbit

@@ -1,0 +1,145 @@
+// lowbit quantize: RTN / GPTQ, one format or a per-layer choice (MoFQ), weight-only or W8A8.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "commands.h"
+#include "common.h"
+#include "quant/quantize_model.h"
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Recipe {
+  const char* name;
+  const char* description;
+  const char* method;
+  const char* formats;  // one spec, or a comma list for MoFQ
+  const char* metric;
+  bool activations;
+};
+
+// Named settings for common jobs. Flags given explicitly override a recipe's values.
+const std::vector<Recipe>& recipes() {
+  static const std::vector<Recipe> r = {
+      {"rtn-w4g128", "round to nearest, INT4, groups of 128", "rtn", "int4:g128", "weight", false},
+      {"gptq-w4g128", "GPTQ, INT4, groups of 128 (needs --calib)", "gptq", "int4:g128", "output", false},
+      {"gptq-w3g128", "GPTQ, INT3, groups of 128 (needs --calib)", "gptq", "int3:g128", "output", false},
+      {"mofq-w4", "MoFQ: INT4 or FP4 E2M1 per layer by weight error, RTN, g128", "rtn", "int4:g128,fp4_e2m1:g128",
+       "weight", false},
+      {"gptq-mofq-w4", "MoFQ with GPTQ: INT4 or FP4 per layer by output error (needs --calib)", "gptq",
+       "int4:g128,fp4_e2m1:g128", "output", false},
+      {"w8a8-int8", "weights and activations INT8 (per-channel weights, static activations)", "rtn",
+       "int8:channel", "output", true},
+      {"w8a8-fp8", "weights and activations FP8 E4M3", "rtn", "fp8_e4m3:channel", "output", true},
+      {"mofq-w8a8", "MoFQ8: INT8 or FP8 E4M3 per layer for weights and activations", "rtn",
+       "int8:channel,fp8_e4m3:channel", "output", true},
+  };
+  return r;
+}
+
+std::vector<FormatSpec> parse_candidates(const std::string& list) {
+  std::vector<FormatSpec> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(FormatSpec::parse(item));
+  return out;
+}
+
+std::string recipe_help() {
+  std::string s = "Recipes (--recipe NAME):\n";
+  for (const Recipe& r : recipes()) s += fmt::format("  {:<14} {}\n", r.name, r.description);
+  s += "\nFormats (--format SPEC, or a comma list for --mofq):\n" + format_help();
+  return s;
+}
+
+void print_report(const QuantizeReport& r, const QuantizeJob& job) {
+  std::printf("%-40s %-22s %12s %12s %7s", "layer", "format", "weight_mse", "output_err", "bpw");
+  if (job.candidates.size() > 1)
+    for (const auto& c : job.candidates) std::printf("  err[%s]", c.str().c_str());
+  std::printf("\n");
+  for (const LayerReport& l : r.layers) {
+    std::printf("%-40s %-22s %12.4e %12.4e %7.3f", l.name.c_str(), l.format.c_str(), l.weight_mse, l.output_error,
+                l.bits_per_weight);
+    if (job.candidates.size() > 1)
+      for (double e : l.errors) std::printf("  %.4e", e);
+    std::printf("\n");
+  }
+  std::printf("bits per weight (linear layers, scales included): %.4f over %lld weights; %.1f s\n", r.bits_per_weight,
+              (long long)r.quantized_weights, r.seconds);
+}
+
+}  // namespace
+
+void add_quantize(CLI::App& app) {
+  auto* cmd = app.add_subcommand("quantize", "Quantize every linear layer of a model");
+  cmd->footer(recipe_help());
+  struct Opts {
+    std::string model, tokenizer, out, method = "rtn", format, mofq, metric = "weight", recipe, json;
+    QuantizeJob job;
+    bool dry_run = false, w8a8 = false;
+    RuntimeOptions rt;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("--model", o->model, "model directory or .gguf file")->required();
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: beside the model)");
+  auto* out_opt = cmd->add_option("--out", o->out, "output directory (a lowbit quantized checkpoint)");
+  auto* method_opt = cmd->add_option("--method", o->method, "rtn or gptq")->check(CLI::IsMember({"rtn", "gptq"}));
+  auto* format_opt = cmd->add_option("--format", o->format, "one format for every layer, e.g. int4:g128:asym");
+  auto* mofq_opt = cmd->add_option("--mofq", o->mofq, "candidates chosen per layer, e.g. int4:g128,fp4_e2m1:g128");
+  format_opt->excludes(mofq_opt);
+  auto* metric_opt = cmd->add_option("--metric", o->metric, "format choice by weight MSE or by output error (H)")
+                         ->check(CLI::IsMember({"weight", "output"}));
+  auto* w8a8_opt = cmd->add_flag("--w8a8", o->w8a8, "quantize activations too (static per-tensor scales)");
+  cmd->add_option("--recipe", o->recipe, "named settings (listed below)");
+  cmd->add_option("--calib", o->job.calib.file, "calibration text (e.g. wikitext2/tok_valid.txt)");
+  cmd->add_option("--nsamples", o->job.calib.nsamples, "calibration windows")->check(CLI::PositiveNumber);
+  cmd->add_option("--seqlen", o->job.calib.seqlen, "tokens per window (capped at the model's context)")
+      ->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--seed", o->job.calib.seed, "seed for drawing calibration windows");
+  cmd->add_option("--calib-batch", o->job.calib_batch, "calibration windows per forward pass")->check(CLI::PositiveNumber);
+  cmd->add_flag("--clip-search", o->job.layer.rtn.clip_search, "RTN: MSE-optimal clipping per scale");
+  cmd->add_option("--damp", o->job.layer.gptq.damp, "GPTQ: damping, fraction of mean diag(H)");
+  cmd->add_option("--block-size", o->job.layer.gptq.block_size, "GPTQ: columns per lazy-update block");
+  cmd->add_flag("--act-order", o->job.layer.gptq.act_order, "GPTQ: quantize columns by decreasing diag(H)");
+  cmd->add_flag("--static-groups", o->job.layer.gptq.static_groups, "GPTQ: fit group scales up front");
+  cmd->add_flag("--dry-run", o->dry_run, "print the per-layer choices and errors; write nothing");
+  cmd->add_option("--json", o->json, "write the per-layer report as JSON");
+  cmd->add_flag("--no-progress", [o](int64_t) { o->job.progress = false; }, "no progress line");
+  o->rt.add_to(cmd);
+  cmd->callback([=] {
+    o->rt.apply();
+    if (!o->recipe.empty()) {
+      auto it = std::find_if(recipes().begin(), recipes().end(), [&](const Recipe& r) { return r.name == o->recipe; });
+      if (it == recipes().end()) {
+        std::string names;
+        for (const Recipe& r : recipes()) names += std::string(names.empty() ? "" : ", ") + r.name;
+        throw Error(fmt::format("unknown recipe '{}' (valid: {})", o->recipe, names));
+      }
+      if (!method_opt->count()) o->method = it->method;
+      if (!format_opt->count() && !mofq_opt->count()) o->mofq = it->formats;
+      if (!metric_opt->count()) o->metric = it->metric;
+      if (!w8a8_opt->count()) o->w8a8 = it->activations;
+    }
+    if (o->format.empty() && o->mofq.empty()) throw Error("quantize: give --format SPEC, --mofq LIST or --recipe NAME");
+    if (o->out.empty() && !o->dry_run) throw Error("quantize: give --out DIR, or --dry-run");
+    if (o->dry_run && out_opt->count()) throw Error("quantize: --dry-run writes nothing; drop --out");
+    QuantizeJob& job = o->job;
+    job.model = o->model;
+    job.tokenizer = o->tokenizer;
+    job.out = o->dry_run ? "" : o->out;
+    job.candidates = parse_candidates(o->format.empty() ? o->mofq : o->format);
+    job.layer.method = o->method == "gptq" ? QuantMethod::GPTQ : QuantMethod::RTN;
+    job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
+    job.quantize_activations = o->w8a8;
+    QuantizeReport r = quantize_model(job);
+    print_report(r, job);
+    if (!o->json.empty()) write_json(o->json, r.to_json());
+    if (!job.out.empty()) std::printf("wrote %s\n", job.out.c_str());
+  });
+}
+
+}  // namespace lowbit::cli
