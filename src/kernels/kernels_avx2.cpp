@@ -153,6 +153,7 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
     int64_t rr[R];
     const uint8_t* rp[R];
     __m256 acc0[R], acc1[R];
+    #pragma GCC unroll 16
     for (int k = 0; k < R; ++k) {
       rr[k] = std::min(r0 + k, w.rows - 1);
       rp[k] = w.row_codes(rr[k]);
@@ -160,10 +161,12 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
     }
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s[R];
+      #pragma GCC unroll 16
       for (int k = 0; k < R; ++k) setup<L>(s[k], w, w.slot(rr[k], j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop; c += 16) {
         __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
+        #pragma GCC unroll 16
         for (int k = 0; k < R; ++k) {
           V16 v = decode16<B, L>(rp[k] + c * B / 8, s[k], w.lut);
           acc0[k] = _mm256_fmadd_ps(v.a, xa, acc0[k]);
@@ -172,6 +175,7 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
       }
       if (c < stop) {
         V16 xv = load_x_tail(x + c, stop - c);
+        #pragma GCC unroll 16
         for (int k = 0; k < R; ++k) {
           V16 v = decode_tail<B, L>(rp[k], c, stop - c, s[k], w.lut);
           acc0[k] = _mm256_fmadd_ps(v.a, xv.a, acc0[k]);
@@ -195,14 +199,19 @@ template <int MI, int MR>
 LB_TARGET void micro(const float* x, int64_t ldx, const float* t, int64_t ldt, int64_t kc,
                      float* y, int64_t ldy, bool accumulate) {
   __m256 acc[MI][4];
+  #pragma GCC unroll 16
   for (int i = 0; i < MI; ++i)
+    #pragma GCC unroll 16
     for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= kc; k += 8) {
     __m256 tv[MR];
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) tv[r] = _mm256_loadu_ps(t + r * ldt + k);
+    #pragma GCC unroll 16
     for (int i = 0; i < MI; ++i) {
       __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+      #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, tv[r], acc[i][r]);
     }
   }
@@ -210,16 +219,21 @@ LB_TARGET void micro(const float* x, int64_t ldx, const float* t, int64_t ldt, i
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(kc - k)), lane);
     __m256 tv[MR];
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) tv[r] = _mm256_maskload_ps(t + r * ldt + k, m);
+    #pragma GCC unroll 16
     for (int i = 0; i < MI; ++i) {
       __m256 xv = _mm256_maskload_ps(x + i * ldx + k, m);
+      #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, tv[r], acc[i][r]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < MI; ++i) {
     alignas(16) float v[4];
     _mm_store_ps(v, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
     float* yi = y + i * ldy;
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) yi[r] = accumulate ? yi[r] + v[r] : v[r];
   }
 }

@@ -139,6 +139,7 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
     int64_t rr[4];
     const uint8_t* rp[4];
     __m512 acc[4];
+    #pragma GCC unroll 16
     for (int k = 0; k < 4; ++k) {
       rr[k] = std::min(r0 + k, w.rows - 1);
       rp[k] = w.row_codes(rr[k]);
@@ -146,15 +147,18 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
     }
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s[4];
+      #pragma GCC unroll 16
       for (int k = 0; k < 4; ++k) setup<L>(s[k], w, w.slot(rr[k], j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop; c += 16) {
         __m512 xv = _mm512_loadu_ps(x + c);
+        #pragma GCC unroll 16
         for (int k = 0; k < 4; ++k)
           acc[k] = _mm512_fmadd_ps(decode16<B, L>(rp[k] + c * B / 8, s[k], w.lut), xv, acc[k]);
       }
       if (c < stop) {
         __m512 xv = _mm512_maskz_loadu_ps(tail_mask(stop - c), x + c);
+        #pragma GCC unroll 16
         for (int k = 0; k < 4; ++k)
           acc[k] = _mm512_fmadd_ps(decode_tail<B, L>(rp[k], c, stop - c, s[k], w.lut), xv, acc[k]);
       }
@@ -172,26 +176,35 @@ template <int MI, int MR>
 LB_TARGET void micro(const float* x, int64_t ldx, const float* t, int64_t ldt, int64_t kc,
                      float* y, int64_t ldy, bool accumulate) {
   __m512 acc[MI][4];
+  #pragma GCC unroll 16
   for (int i = 0; i < MI; ++i)
+    #pragma GCC unroll 16
     for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= kc; k += 16) {
     __m512 tv[MR];
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) tv[r] = _mm512_loadu_ps(t + r * ldt + k);
+    #pragma GCC unroll 16
     for (int i = 0; i < MI; ++i) {
       __m512 xv = _mm512_loadu_ps(x + i * ldx + k);
+      #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[i][r] = _mm512_fmadd_ps(xv, tv[r], acc[i][r]);
     }
   }
   if (k < kc) {
     __mmask16 m = tail_mask(kc - k);
     __m512 tv[MR];
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) tv[r] = _mm512_maskz_loadu_ps(m, t + r * ldt + k);
+    #pragma GCC unroll 16
     for (int i = 0; i < MI; ++i) {
       __m512 xv = _mm512_maskz_loadu_ps(m, x + i * ldx + k);
+      #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[i][r] = _mm512_fmadd_ps(xv, tv[r], acc[i][r]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < MI; ++i) {
     __m128 s = reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
     float* yi = y + i * ldy;
@@ -201,6 +214,7 @@ LB_TARGET void micro(const float* x, int64_t ldx, const float* t, int64_t ldt, i
     } else {
       alignas(16) float v[4];
       _mm_store_ps(v, s);
+      #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) yi[r] = accumulate ? yi[r] + v[r] : v[r];
     }
   }
