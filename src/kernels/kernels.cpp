@@ -116,7 +116,8 @@ void make_view(const QuantizedTensor& q, WeightView& v) {
   v.scales = q.scales.data();
   v.zeros = v.asym ? q.zeros.data() : nullptr;
   const Codec& codec = spec.codec();
-  for (int c = 0; c < 256; ++c) v.lut[c] = c < codec.num_codes() ? codec.decode(uint8_t(c)) : 0.0f;
+  // Entries past 2^bits stay 0 (the default); the SIMD levels load tables of 16 or 32 entries.
+  for (int c = 0; c < codec.num_codes(); ++c) v.lut[c] = codec.decode(uint8_t(c));
 }
 
 }  // namespace kernels

@@ -37,18 +37,29 @@ struct V16 {
   __m256 a, b;  // columns 0-7, 8-15
 };
 
+// Segment constants. (v - 0) * step == v * step bit for bit, so symmetric formats pass zero 0.
 template <Lookup L>
-LB_TARGET LB_INLINE void setup(Seg& s, const WeightView& w, int64_t slot) {
-  __m256 step = _mm256_set1_ps(w.step(slot)), zero = _mm256_set1_ps(w.zero(slot));
+LB_TARGET LB_INLINE void setup(Seg& s, const float* lut, float step_value, float zero_value) {
+  __m256 step = _mm256_set1_ps(step_value), zero = _mm256_set1_ps(zero_value);
   if constexpr (L == Lookup::Table8 || L == Lookup::Table16) {
-    __m256 t0 = _mm256_load_ps(w.lut), t1 = _mm256_load_ps(w.lut + 8);
-    if (w.asym) t0 = _mm256_sub_ps(t0, zero), t1 = _mm256_sub_ps(t1, zero);
-    s.t0 = _mm256_mul_ps(t0, step);
-    s.t1 = _mm256_mul_ps(t1, step);
+    s.t0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(lut), zero), step);
+    s.t1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(lut + 8), zero), step);
   } else {
     s.step = step;
     s.zero = zero;
   }
+}
+
+// Row r's scale and zero-point arrays, indexed by segment.
+struct RowParams {
+  const float* scales;
+  const uint8_t* zeros;  // null when symmetric
+  float factor;
+  LB_INLINE float step(int64_t j) const { return scales[j] * factor; }
+  LB_INLINE float zero(int64_t j) const { return zeros ? float(zeros[j]) : 0.0f; }
+};
+inline RowParams row_params(const WeightView& w, int64_t r) {
+  return {w.row_scales(r), w.row_zeros(r), w.step_factor()};
 }
 
 // 16 codes starting at p (a byte boundary) as 16 bytes, each the code in its low B bits (for
@@ -112,9 +123,10 @@ LB_TARGET void dequantize_rows(const WeightView& w, int64_t begin, int64_t end, 
   for (int64_t r = begin; r < end; ++r) {
     const uint8_t* row = w.row_codes(r);
     float* o = out + (r - begin) * out_stride;
+    RowParams rp = row_params(w, r);
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s;
-      setup<L>(s, w, w.slot(r, j));
+      setup<L>(s, w.lut, rp.step(j), rp.zero(j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop; c += 16) {
         V16 v = decode16<B, L>(row + c * B / 8, s, w.lut);
@@ -150,19 +162,20 @@ template <int B, Lookup L>
 LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
   constexpr int R = 2;
   for (int64_t r0 = 0; r0 < w.rows; r0 += R) {
-    int64_t rr[R];
     const uint8_t* rp[R];
+    RowParams pr[R];
     __m256 acc0[R], acc1[R];
     #pragma GCC unroll 16
     for (int k = 0; k < R; ++k) {
-      rr[k] = std::min(r0 + k, w.rows - 1);
-      rp[k] = w.row_codes(rr[k]);
+      int64_t r = std::min(r0 + k, w.rows - 1);
+      rp[k] = w.row_codes(r);
+      pr[k] = row_params(w, r);
       acc0[k] = acc1[k] = _mm256_setzero_ps();
     }
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s[R];
       #pragma GCC unroll 16
-      for (int k = 0; k < R; ++k) setup<L>(s[k], w, w.slot(rr[k], j));
+      for (int k = 0; k < R; ++k) setup<L>(s[k], w.lut, pr[k].step(j), pr[k].zero(j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop; c += 16) {
         __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
@@ -249,7 +262,9 @@ using GemvFn = void (*)(const float*, const WeightView&, float*);
 
 constexpr int64_t kTileBytes = 256 << 10;  // dequantized rows per tile: about this many bytes
 constexpr int64_t kKc = 1024;              // columns per pass over a tile (multiple of 8)
-constexpr int64_t kGemvMaxN = 3;           // from this many rows of x on: GEMM on tiles
+// From this many rows of x on, GEMM on dequantized tiles; below, one fused pass per row of x
+// (measured on Zen 5: the tile pays off from n = 2).
+constexpr int64_t kGemmMinN = 2;
 
 // y = x · Ŵᵀ through dequantized tiles of rows: each weight is decoded once, then
 // multiplied with every row of x in fp32.
@@ -314,7 +329,7 @@ void dequantize_rows_entry(const WeightView& w, int64_t begin, int64_t end, floa
 
 LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y) {
   Impl f = select(w);
-  if (n >= kGemvMaxN) return gemm(x, n, w, y, f.dequant);
+  if (n >= kGemmMinN) return gemm(x, n, w, y, f.dequant);
   for (int64_t i = 0; i < n; ++i) f.gemv(x + i * w.cols, w, y + i * w.rows);
 }
 

@@ -37,18 +37,29 @@ struct Seg {
   __m512 step, zero;  // the others
 };
 
+// Segment constants. (v - 0) * step == v * step bit for bit, so symmetric formats pass zero 0.
 template <Lookup L>
-LB_TARGET LB_INLINE void setup(Seg& s, const WeightView& w, int64_t slot) {
-  __m512 step = _mm512_set1_ps(w.step(slot)), zero = _mm512_set1_ps(w.zero(slot));
+LB_TARGET LB_INLINE void setup(Seg& s, const float* lut, float step_value, float zero_value) {
+  __m512 step = _mm512_set1_ps(step_value), zero = _mm512_set1_ps(zero_value);
   if constexpr (L == Lookup::Table16 || L == Lookup::Table32) {
-    __m512 t0 = _mm512_load_ps(w.lut), t1 = _mm512_load_ps(w.lut + 16);
-    if (w.asym) t0 = _mm512_sub_ps(t0, zero), t1 = _mm512_sub_ps(t1, zero);
-    s.t0 = _mm512_mul_ps(t0, step);
-    s.t1 = _mm512_mul_ps(t1, step);
+    s.t0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(lut), zero), step);
+    s.t1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(lut + 16), zero), step);
   } else {
     s.step = step;
     s.zero = zero;
   }
+}
+
+// Row r's scale and zero-point arrays, indexed by segment.
+struct RowParams {
+  const float* scales;
+  const uint8_t* zeros;  // null when symmetric
+  float factor;
+  LB_INLINE float step(int64_t j) const { return scales[j] * factor; }
+  LB_INLINE float zero(int64_t j) const { return zeros ? float(zeros[j]) : 0.0f; }
+};
+inline RowParams row_params(const WeightView& w, int64_t r) {
+  return {w.row_scales(r), w.row_zeros(r), w.step_factor()};
 }
 
 // 16 codes starting at p (a byte boundary) as 16 bytes, each the code in its low B bits (for
@@ -110,9 +121,10 @@ LB_TARGET void dequantize_rows(const WeightView& w, int64_t begin, int64_t end, 
   for (int64_t r = begin; r < end; ++r) {
     const uint8_t* row = w.row_codes(r);
     float* o = out + (r - begin) * out_stride;
+    RowParams rp = row_params(w, r);
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s;
-      setup<L>(s, w, w.slot(r, j));
+      setup<L>(s, w.lut, rp.step(j), rp.zero(j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop; c += 16) _mm512_storeu_ps(o + c, decode16<B, L>(row + c * B / 8, s, w.lut));
       if (c < stop)
@@ -132,24 +144,61 @@ LB_TARGET LB_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+// 4-bit codes, 32 at a time: 16 bytes widen to 16 lanes of two codes each, and vpermps picks
+// the even column's weight from the low nibble and the odd column's from the high one (it reads
+// only the low 4 bits of each lane). x is read in the matching order from xp: each block of 32
+// columns as its 16 even columns, then its 16 odd ones (pair_order below). Half the shuffles of
+// decoding 16 columns in their natural order.
+constexpr bool pairs_apply(const WeightView& w) {
+  return w.bits == 4 && (w.segs_per_row == 1 || w.seg_len % 32 == 0);
+}
+
+// xp[32b + j] = x[32b + 2j], xp[32b + 16 + j] = x[32b + 2j + 1] for every whole block of 32.
+LB_TARGET void pair_order(const float* x, int64_t cols, float* xp) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t c = 0; c + 32 <= cols; c += 32) {
+    __m512 a = _mm512_loadu_ps(x + c), b = _mm512_loadu_ps(x + c + 16);
+    _mm512_storeu_ps(xp + c, _mm512_permutex2var_ps(a, even, b));
+    _mm512_storeu_ps(xp + c + 16, _mm512_permutex2var_ps(a, odd, b));
+  }
+}
+
 // y[r] = x · Ŵ[r] for every row, four rows at a time (the last block repeats its last row).
+// xp: x in pair order when pairs_apply(w) (4-bit codes only), else null.
 template <int B, Lookup L>
-LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
+LB_TARGET void gemv(const float* x, const float* xp, const WeightView& w, float* y) {
   for (int64_t r0 = 0; r0 < w.rows; r0 += 4) {
-    int64_t rr[4];
     const uint8_t* rp[4];
-    __m512 acc[4];
+    RowParams pr[4];
+    __m512 acc[4], acc_odd[4];  // acc_odd: odd columns of the 4-bit pair loop
     #pragma GCC unroll 16
     for (int k = 0; k < 4; ++k) {
-      rr[k] = std::min(r0 + k, w.rows - 1);
-      rp[k] = w.row_codes(rr[k]);
-      acc[k] = _mm512_setzero_ps();
+      int64_t r = std::min(r0 + k, w.rows - 1);
+      rp[k] = w.row_codes(r);
+      pr[k] = row_params(w, r);
+      acc[k] = acc_odd[k] = _mm512_setzero_ps();
     }
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s[4];
       #pragma GCC unroll 16
-      for (int k = 0; k < 4; ++k) setup<L>(s[k], w, w.slot(rr[k], j));
+      for (int k = 0; k < 4; ++k) setup<L>(s[k], w.lut, pr[k].step(j), pr[k].zero(j));
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
+      if constexpr (B == 4 && L == Lookup::Table16) {
+        if (xp) {
+          for (; c + 32 <= stop; c += 32) {
+            __m512 xe = _mm512_loadu_ps(xp + c), xo = _mm512_loadu_ps(xp + c + 16);
+            #pragma GCC unroll 16
+            for (int k = 0; k < 4; ++k) {
+              __m512i two = _mm512_cvtepu8_epi32(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(rp[k] + c / 2)));
+              acc[k] = _mm512_fmadd_ps(_mm512_permutexvar_ps(two, s[k].t0), xe, acc[k]);
+              acc_odd[k] = _mm512_fmadd_ps(
+                  _mm512_permutexvar_ps(_mm512_srli_epi32(two, 4), s[k].t0), xo, acc_odd[k]);
+            }
+          }
+        }
+      }
       for (; c + 16 <= stop; c += 16) {
         __m512 xv = _mm512_loadu_ps(x + c);
         #pragma GCC unroll 16
@@ -164,7 +213,8 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
       }
     }
     alignas(16) float sums[4];
-    _mm_store_ps(sums, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    _mm_store_ps(sums, reduce4(_mm512_add_ps(acc[0], acc_odd[0]), _mm512_add_ps(acc[1], acc_odd[1]),
+                               _mm512_add_ps(acc[2], acc_odd[2]), _mm512_add_ps(acc[3], acc_odd[3])));
     for (int k = 0; k < 4 && r0 + k < w.rows; ++k) y[r0 + k] = sums[k];
   }
 }
@@ -228,11 +278,13 @@ constexpr const MicroFn* kMicro[5] = {nullptr, kMicroRow<1>, kMicroRow<2>, kMicr
                                       kMicroRow<4>};
 
 using DequantFn = void (*)(const WeightView&, int64_t, int64_t, float*, int64_t);
-using GemvFn = void (*)(const float*, const WeightView&, float*);
+using GemvFn = void (*)(const float*, const float*, const WeightView&, float*);
 
 constexpr int64_t kTileBytes = 256 << 10;  // dequantized rows per tile: about this many bytes
 constexpr int64_t kKc = 1024;              // columns per pass over a tile (multiple of 16)
-constexpr int64_t kGemvMaxN = 3;           // below this many rows of x: decode per row of x
+// From this many rows of x on, GEMM on dequantized tiles; below, one fused pass per row of x
+// (measured on Zen 5: decoding once per row of x beats decoding into a tile up to n = 3).
+constexpr int64_t kGemmMinN = 4;
 
 // y = x · Ŵᵀ through dequantized tiles of rows: each weight is decoded once, then
 // multiplied with every row of x in fp32.
@@ -300,8 +352,12 @@ void dequantize_rows_entry(const WeightView& w, int64_t begin, int64_t end, floa
 
 LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y) {
   Impl f = select(w);
-  if (n >= kGemvMaxN) return gemm(x, n, w, y, f.dequant);
-  for (int64_t i = 0; i < n; ++i) f.gemv(x + i * w.cols, w, y + i * w.rows);
+  if (n >= kGemmMinN) return gemm(x, n, w, y, f.dequant);
+  std::vector<float> xp(pairs_apply(w) ? size_t(w.cols) : 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!xp.empty()) pair_order(x + i * w.cols, w.cols, xp.data());
+    f.gemv(x + i * w.cols, xp.empty() ? nullptr : xp.data(), w, y + i * w.rows);
+  }
 }
 
 }  // namespace

@@ -40,6 +40,14 @@ struct WeightView {
     return cols - b < seg_len ? cols - b : seg_len;
   }
   const uint8_t* row_codes(int64_t r) const { return codes + r * row_bytes; }
+
+  // For the SIMD loops: segment j of row r has scale row_scales(r)[j] and zero point
+  // row_zeros(r)[j] (only per-group scales have more than one segment per row, and their slots
+  // are consecutive), and step = scale * step_factor, where step_factor is NVFP4's tensor scale
+  // and 1 otherwise (x * 1 == x exactly).
+  const float* row_scales(int64_t r) const { return scales + slot(r, 0); }
+  const uint8_t* row_zeros(int64_t r) const { return asym ? zeros + slot(r, 0) : nullptr; }
+  float step_factor() const { return nv ? tensor_scale : 1.0f; }
 };
 
 // Builds the view; throws lowbit::Error if q's arrays do not match its shape and spec.
