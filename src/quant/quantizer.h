@@ -35,8 +35,11 @@ struct GptqOptions {
 
 struct LayerQuantOptions {
   QuantMethod method = QuantMethod::RTN;
-  RtnOptions rtn;
+  RtnOptions rtn;    // GPTQ uses clip_search too, when it fits a group's scale
   GptqOptions gptq;
+  // With H, also compute output_error: one rows x cols x cols matmul, as much as GPTQ's own
+  // updates; turn it off where the number is not needed.
+  bool compute_output_error = true;
 };
 
 struct LayerQuantResult {

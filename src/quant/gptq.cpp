@@ -1,0 +1,181 @@
+// GPTQ (Frantar et al. 2022), following IST-DASLab/gptq's fasterquant:
+//  1. dead inputs (H_ii == 0): H_ii = 1 and W[:, i] = 0;
+//  2. act_order: columns in order of decreasing diag(H) (a stable sort), undone at the end;
+//  3. H += damp * mean(diag(H)) * I; Hinv = upper Cholesky factor of cholesky_inverse(cholesky(H));
+//  4. blocks of block_size columns; per column q = quant(w), err = (w - q) / Hinv_jj, the rest of
+//     the block -= err * Hinv[j, j+1:]; after the block, the later columns get all its errors at
+//     once (one matmul).
+// The working copy is transposed ([cols, rows]) so that a column and the block updates are
+// contiguous. It runs in H's dtype: float64 for tests that compare with a float64 reference,
+// float32 otherwise. Quantization itself is always on float32 values with the format's exact
+// rules, so codes and scales are those of the scalar reference applied to the updated weights.
+//
+// Scale slots always belong to ORIGINAL columns (spec.h slot_index), so the stored tensor needs
+// no g_idx. A slot group is fitted:
+//  - static_groups: up front, on W (dead columns zeroed), as the reference does;
+//  - otherwise when the first of its columns is reached, from the current, error-updated values
+//    of all its columns, including updates still pending from the current block. Without
+//    act_order that is the group's first column, as in the reference (which, for groups smaller
+//    than a block, reads the block's stale copy instead; we use the current values). With
+//    act_order the reference groups consecutive *permuted* columns and stores a g_idx; here the
+//    group is still the original columns, fitted when its first column in permuted order comes.
+// Channel and tensor granularity are one group of all columns, fitted at the start. The NVFP4
+// tensor scale is fitted once on W (dead columns zeroed).
+#include <torch/torch.h>
+
+#include <numeric>
+
+#include "quant/grid.h"
+#include "quant/methods.h"
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace {
+
+using torch::Tensor;
+
+// Upper Cholesky factor of the damped inverse Hessian, as the reference computes it.
+Tensor inverse_hessian_factor(Tensor H, double damp) {
+  Tensor diag = H.diagonal();
+  diag.add_(diag.mean() * damp);
+  auto [L, info] = torch::linalg_cholesky_ex(H);
+  if (info.item<int>() != 0)
+    fail("GPTQ: the Hessian is not positive definite even after damping {}; use a larger damp", damp);
+  Tensor Hinv = torch::cholesky_inverse(L);
+  auto [U, info2] = torch::linalg_cholesky_ex(Hinv, /*upper=*/true);
+  if (info2.item<int>() != 0) fail("GPTQ: the inverse Hessian lost positive definiteness; use a larger damp");
+  return U;
+}
+
+}  // namespace
+
+QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& spec,
+                           const LayerQuantOptions& options) {
+  const GptqOptions& o = options.gptq;
+  if (W.dim() != 2 || W.numel() == 0) fail("GPTQ: expected a non-empty 2-D weight matrix");
+  const int64_t rows = W.size(0), cols = W.size(1);
+  if (!H.defined()) fail("GPTQ needs the layer's Hessian H");
+  if (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols)
+    fail("GPTQ: H must be {}x{} for a {}x{} weight", cols, cols, rows, cols);
+  if (o.block_size < 1) fail("GPTQ: block size must be positive, not {}", o.block_size);
+  if (!(o.damp >= 0)) fail("GPTQ: damp must be >= 0, not {}", o.damp);
+  torch::NoGradGuard no_grad;
+  const auto dev = W.device();
+  const auto dt = H.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const auto opt = torch::TensorOptions().device(dev).dtype(dt);
+
+  Tensor Wf = W.to(torch::kFloat32);
+  if (!torch::isfinite(Wf).all().item<bool>()) fail("only finite weights can be quantized");
+  Tensor Hd = H.to(opt, /*non_blocking=*/false, /*copy=*/true);
+  if (!torch::isfinite(Hd).all().item<bool>()) fail("GPTQ: H has non-finite entries");
+  Tensor Wt = Wf.t().to(opt, false, true).contiguous();  // [cols, rows], column j = Wt[j]
+  Tensor dead = Hd.diagonal().eq(0);
+  if (dead.any().item<bool>()) {
+    Hd.diagonal().masked_fill_(dead, 1.0);
+    Wt.masked_fill_(dead.unsqueeze(1), 0.0);
+  }
+
+  FormatGrid fg(spec, dev);
+  QuantOutcome out;
+  out.tensor_scale = fg.tensor_scale(Wt.to(torch::kFloat32));
+  const RtnOptions& ro = options.rtn;
+  const bool per_tensor = spec.granularity == Granularity::Tensor;
+  const int64_t g = spec.granularity == Granularity::Group ? spec.group_size : cols;
+  const int64_t ngroups = (cols + g - 1) / g;
+  // Params of the group whose columns are the rows of vals ([n, rows], any order).
+  auto fit = [&](const Tensor& vals) {
+    Tensor x = vals.to(torch::kFloat32).t();
+    SlotParams p = fg.fit_search(per_tensor ? x.reshape({1, -1}) : x, ro.clip_search, ro.clip_steps,
+                                 ro.min_clip, out.tensor_scale);
+    p.scale = p.scale.reshape({-1}), p.step = p.step.reshape({-1});  // [rows], or [1] per tensor
+    if (p.zero.defined()) p.zero = p.zero.reshape({-1});
+    return p;
+  };
+
+  std::vector<SlotParams> params(static_cast<size_t>(ngroups));
+  const bool fit_up_front = o.static_groups || ngroups == 1;
+  if (fit_up_front)
+    for (int64_t k = 0; k < ngroups; ++k) params[k] = fit(Wt.narrow(0, k * g, std::min(g, cols - k * g)));
+
+  std::vector<int64_t> perm(static_cast<size_t>(cols)), pos(static_cast<size_t>(cols));  // pos: permuted position of a column
+  std::iota(perm.begin(), perm.end(), 0);
+  if (o.act_order) {
+    Tensor p = std::get<1>(Hd.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    p = p.to(torch::kCPU, torch::kInt64).contiguous();
+    std::copy(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + cols, perm.begin());
+    Tensor pt = p.to(dev);
+    Wt = Wt.index_select(0, pt);
+    Hd = Hd.index_select(0, pt).index_select(1, pt);
+  }
+  for (int64_t j = 0; j < cols; ++j) pos[perm[j]] = j;
+  // fit_at[j]: the group fitted when position j is reached (dynamic groups), or -1.
+  std::vector<int64_t> fit_at(static_cast<size_t>(cols), -1);
+  if (!fit_up_front) {
+    std::vector<bool> seen(static_cast<size_t>(ngroups), false);
+    for (int64_t j = 0; j < cols; ++j)
+      if (int64_t k = perm[j] / g; !seen[k]) seen[k] = true, fit_at[j] = k;
+  }
+
+  Tensor U = inverse_hessian_factor(Hd, o.damp);
+  Hd = Tensor();
+  Tensor Ud = U.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* ud = Ud.data_ptr<double>();
+
+  Tensor codes_t = torch::empty({cols, rows}, opt.dtype(torch::kUInt8));
+  Tensor deq_t = torch::empty({cols, rows}, opt.dtype(torch::kFloat32));
+  for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
+    const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
+    Tensor W1 = Wt.narrow(0, i1, count);  // updated in place
+    Tensor Err1 = torch::zeros({count, rows}, opt);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t j = i1 + i;
+      if (int64_t k = fit_at[j]; k >= 0) {
+        // Current values of the group's columns (all at positions >= j): those in this block are
+        // up to date in Wt; later ones still owe this block's errors so far.
+        std::vector<int64_t> members, later, later_rows;
+        for (int64_t c = k * g; c < std::min(cols, (k + 1) * g); ++c) {
+          if (pos[c] >= i2) later.push_back(pos[c]), later_rows.push_back(int64_t(members.size()));
+          members.push_back(pos[c]);
+        }
+        Tensor vals = Wt.index_select(0, torch::tensor(members).to(dev));
+        if (i > 0 && !later.empty()) {
+          Tensor Ul = U.narrow(0, i1, i).index_select(1, torch::tensor(later).to(dev));  // [i, n]
+          vals.index_add_(0, torch::tensor(later_rows).to(dev), Ul.t().mm(Err1.narrow(0, 0, i)), -1);
+        }
+        params[k] = fit(vals);
+      }
+      const SlotParams& p = params[perm[j] / g];
+      Tensor w = W1[i];
+      Tensor c, q;
+      fg.quantize(w.to(torch::kFloat32), p, &c, &q);
+      codes_t[j].copy_(c);
+      deq_t[j].copy_(q);
+      Tensor err = Err1[i];
+      err.copy_(w).sub_(q).div_(ud[j]);
+      if (i + 1 < count)
+        W1.narrow(0, i + 1, count - i - 1).addr_(U[j].narrow(0, j + 1, count - i - 1), err, 1, -1);
+    }
+    if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
+  }
+
+  if (o.act_order) {
+    Tensor inv = torch::tensor(pos).to(dev);
+    codes_t = codes_t.index_select(0, inv);
+    deq_t = deq_t.index_select(0, inv);
+  }
+  out.codes = codes_t.t().contiguous();
+  out.dequantized = deq_t.t().contiguous();
+  out.squared_error = (out.dequantized - Wf).square_().sum(torch::kFloat64).item<double>();
+  // Slots in spec.h order: row-major [rows, groups]; one slot per tensor.
+  std::vector<Tensor> scales, zeros;
+  for (const SlotParams& p : params) {
+    scales.push_back(p.scale);
+    if (spec.asymmetric) zeros.push_back(p.zero);
+  }
+  out.scale = torch::stack(scales, 1).reshape({-1});
+  if (spec.asymmetric) out.zero = torch::stack(zeros, 1).reshape({-1});
+  return out;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,292 @@
+#include "quant/grid.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace {
+
+using torch::Tensor;
+
+Tensor f32_tensor(const std::vector<float>& v, torch::Device d) {
+  return torch::tensor(v, torch::kFloat32).to(d);
+}
+Tensor i32_tensor(const std::vector<int32_t>& v, torch::Device d) {
+  return torch::tensor(v, torch::kInt32).to(d);
+}
+
+// Which registry minifloat this codec is, if any: {exponent bits, mantissa bits}.
+std::optional<std::pair<int, int>> minifloat_split(const Codec& codec) {
+  for (int x = 1; x <= 5; ++x) {
+    int y = codec.bits() - 1 - x;
+    if (y < 0) break;
+    try {
+      if (&minifloat_codec(x, y) == &codec) return std::pair{x, y};
+    } catch (const Error&) {
+    }
+  }
+  return std::nullopt;
+}
+
+// Largest float below v.
+float float_below(float v) { return std::nextafter(v, -std::numeric_limits<float>::infinity()); }
+
+// Gathers table[index] for an int tensor index of any shape.
+Tensor gather(const Tensor& table, const Tensor& index) {
+  return table.index_select(0, index.reshape(-1)).view(index.sizes());
+}
+
+// Bit pattern of a float32 tensor as int32 (a view, no copy).
+Tensor bits_of(const Tensor& t) { return t.view(torch::kInt32); }
+
+}  // namespace
+
+Grid::Grid(const Codec& codec, torch::Device device) : codec_(codec) {
+  std::vector<float> values(static_cast<size_t>(codec.num_codes()));
+  for (int c = 0; c < codec.num_codes(); ++c) values[c] = codec.decode(uint8_t(c));
+  value_of_code_ = f32_tensor(values, device);
+  const std::vector<float>& grid = codec.grid();
+  int b = codec.bits();
+  auto split = minifloat_split(codec);
+  if (b >= 2 && &codec == &int_codec(b, true)) {
+    kind_ = Kind::SignedInt;
+    lo_ = grid.front(), hi_ = grid.back();
+    return;
+  }
+  if (b >= 2 && &codec == &int_codec(b, false)) {
+    kind_ = Kind::UnsignedInt;
+    lo_ = grid.front(), hi_ = grid.back();
+    return;
+  }
+  // With no mantissa bits a minifloat's code parity is not the rounded integer's: generic path.
+  if (split && split->second > 0) {
+    kind_ = Kind::Minifloat;
+    man_bits_ = split->second;
+    emin_ = 1 - ((1 << (split->first - 1)) - 1);
+    max_mag_code_ = codec.grid_codes().back();
+    sign_code_ = 1 << (split->first + split->second);
+    emax_ = element_emax(codec);
+    return;
+  }
+  // Decision boundaries: t goes to grid[i + 1] iff t > bound[i] (see grid.h).
+  size_t n = grid.size();
+  std::vector<float> bounds;
+  for (size_t i = 0; i + 1 < n; ++i) {
+    double mid = (double(grid[i]) + double(grid[i + 1])) / 2;  // exact in double
+    float f = float(mid);
+    bool exact = double(f) == mid;
+    bool tie_up = exact && codec.grid_codes()[i] % 2 != 0;
+    if (tie_up || double(f) > mid) f = float_below(f);
+    bounds.push_back(f);
+  }
+  std::vector<int32_t> codes(codec.grid_codes().begin(), codec.grid_codes().end());
+  grid_codes_ = i32_tensor(codes, device);
+  grid_values_ = f32_tensor(grid, device);
+  bool increasing = true;
+  double min_gap = std::numeric_limits<double>::infinity(), magnitude = 0;
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    magnitude = std::max(magnitude, std::fabs(double(bounds[i])));
+    if (i > 0) {
+      increasing &= bounds[i] > bounds[i - 1];
+      min_gap = std::min(min_gap, double(bounds[i]) - double(bounds[i - 1]));
+    }
+  }
+  if (bounds.empty()) {  // a one-value grid: everything maps to it
+    bounds.push_back(std::numeric_limits<float>::infinity());
+    bounds_ = f32_tensor(bounds, device);
+    kind_ = Kind::Bucketize;
+    return;
+  }
+  // A uniform cell holds at most one boundary, including a one-cell margin for float error in
+  // the cell index: cells of a quarter of the smallest gap, few enough, and the float error of
+  // (t - lo) * inv (~2^-22 of the magnitude) far below a cell.
+  double w = bounds.size() > 1 ? min_gap / 4 : 1.0;
+  double cells = bounds.size() > 1 ? (double(bounds.back()) - double(bounds.front())) / w + 8 : 8;
+  if (increasing && cells <= 65536 && magnitude / w < double(1 << 20)) {
+    kind_ = Kind::Lookup;
+    cell_inv_ = float(1 / w);
+    double w_eff = 1 / double(cell_inv_);
+    cell_lo_ = float(double(bounds.front()) - 2 * w_eff);
+    cells_ = int64_t(cells);
+    std::vector<int32_t> base(static_cast<size_t>(cells_));
+    for (int64_t c = 0; c < cells_; ++c) {
+      double margin = double(cell_lo_) + double(c - 1) * w_eff;  // t >= margin in cell c
+      int32_t k = 0;
+      while (size_t(k) < bounds.size() && double(bounds[k]) < margin) ++k;
+      base[c] = k;
+    }
+    base_ = i32_tensor(base, device);
+  } else {
+    kind_ = Kind::Bucketize;
+  }
+  bounds.push_back(std::numeric_limits<float>::infinity());  // pad: gathers at n - 1 are safe
+  bounds_ = f32_tensor(bounds, device);
+}
+
+void Grid::encode(const Tensor& t, Tensor* codes, Tensor* values) const {
+  switch (kind_) {
+    case Kind::SignedInt:
+    case Kind::UnsignedInt: {
+      Tensor v = t.round().clamp_(lo_, hi_);  // round() is half-to-even: even integer = even code
+      if (codes) {
+        *codes = v.to(torch::kInt32);
+        if (kind_ == Kind::SignedInt) codes->bitwise_and_(codec_.num_codes() - 1);  // two's complement
+      }
+      if (values) *values = v.add_(0.0f);  // -0 + 0 = +0: decode(code 0) is +0
+      return;
+    }
+    case Kind::Minifloat: {
+      // e = floor(log2 |t|) clamped to [emin, emax]; n = |t| / 2^(e - m) rounded half-to-even,
+      // i.e. the mantissa with its implicit bit; code = n + (e - emin) * 2^m, saturated.
+      Tensor a = t.abs();
+      Tensor e = bits_of(a).bitwise_right_shift(23).sub_(127).clamp_(emin_, emax_);
+      Tensor inv_ulp = e.neg().add_(127 + man_bits_).mul_(1 << 23).view(torch::kFloat32);
+      Tensor n = a.mul_(inv_ulp).round_().clamp_max_(float(2 << man_bits_));
+      Tensor c = e.sub_(emin_).mul_(1 << man_bits_).add_(n.to(torch::kInt32)).clamp_max_(max_mag_code_);
+      c.add_(bits_of(t).lt(0).to(torch::kInt32).mul_(sign_code_));  // sign bit, -0 included
+      if (values) *values = gather(value_of_code_, c);
+      if (codes) *codes = std::move(c);
+      return;
+    }
+    case Kind::Lookup:
+    case Kind::Bucketize: {
+      Tensor idx;
+      if (kind_ == Kind::Lookup) {
+        Tensor cell = (t - cell_lo_).mul_(cell_inv_).clamp_(0, float(cells_ - 1)).to(torch::kInt32);
+        idx = gather(base_, cell);
+        idx.add_(t.gt(gather(bounds_, idx)));
+      } else {
+        idx = torch::bucketize(t, bounds_.narrow(0, 0, bounds_.size(0) - 1), /*out_int32=*/true);
+      }
+      Tensor c = gather(grid_codes_, idx);
+      if (auto nz = codec_.negative_zero_code()) {  // small negatives rounding to 0 keep the sign
+        Tensor to_nz = bits_of(t).lt(0).logical_and_(gather(grid_values_, idx).eq(0));
+        int zero_code = codec_.encode(0.0f);
+        c.add_(to_nz.to(torch::kInt32).mul_(int(*nz) - zero_code));
+      }
+      if (values) *values = gather(value_of_code_, c);
+      if (codes) *codes = std::move(c);
+      return;
+    }
+  }
+}
+
+Tensor Grid::decode(const Tensor& codes) const { return gather(value_of_code_, codes.to(torch::kInt32)); }
+
+// ---------------------------------------------------------------------------------------------
+
+float clip_ratio(int k, int steps, float min_clip) {
+  return steps > 0 ? 1.0f - float(k) * ((1.0f - min_clip) / float(steps)) : 1.0f;
+}
+
+FormatGrid::FormatGrid(const FormatSpec& spec, torch::Device device)
+    : spec_(spec), grid_(spec.codec(), device), e4m3_(minifloat_codec(4, 3), device) {
+  if (spec.scaling() == Scaling::MX) mx_emax_ = element_emax(spec.codec());
+}
+
+float FormatGrid::tensor_scale(const Tensor& w) const {
+  if (spec_.scaling() != Scaling::NV) return 1.0f;
+  float amax = w.abs().max().item<float>();
+  if (!std::isfinite(amax)) fail("only finite weights can be quantized (absmax {})", amax);
+  return nvfp4_tensor_scale(amax);
+}
+
+// Non-finite scales come from non-finite weights or fp16 overflow; say which, like the reference.
+void FormatGrid::check_finite(const Tensor& scale, const Tensor& amax) const {
+  if (torch::isfinite(scale).all().item<bool>()) return;
+  if (!torch::isfinite(amax).all().item<bool>()) fail("only finite weights can be quantized");
+  fail("{}: a scale is beyond fp16's range (weights up to {})", spec_.str(), amax.max().item<float>());
+}
+
+SlotParams FormatGrid::fit(const Tensor& x, float clip, float tensor_scale, int64_t dim) const {
+  if (!(clip > 0 && clip <= 1)) fail("clip ratio must be in (0, 1], not {}", clip);
+  const float max = spec_.codec().max();
+  SlotParams p;
+  if (spec_.scaling() == Scaling::Plain && spec_.asymmetric) {
+    // Same float operations as fit_group: lo, hi include 0; scale = fp16((hi - lo) / max).
+    Tensor lo = x.amin(dim, true).clamp_max_(0), hi = x.amax(dim, true).clamp_min_(0);
+    if (clip != 1.0f) lo.mul_(clip), hi.mul_(clip);
+    p.scale = (hi - lo).div_(max).to(torch::kFloat16).to(torch::kFloat32);
+    check_finite(p.scale, hi - lo);
+    Tensor positive = p.scale.gt(0);
+    p.zero = lo.neg().div_(p.scale.where(positive, torch::ones_like(p.scale)))
+                 .round_().clamp_(0, max).mul_(positive);
+    p.step = p.scale;
+  } else {
+    Tensor amax = x.abs().amax(dim, true);
+    if (clip != 1.0f) amax.mul_(clip);
+    switch (spec_.scaling()) {
+      case Scaling::Plain:
+        p.scale = (amax / max).to(torch::kFloat16).to(torch::kFloat32);
+        check_finite(p.scale, amax);
+        p.step = p.scale;
+        break;
+      case Scaling::MX: {
+        check_finite(amax, amax);
+        // 2^clamp(floor(log2 amax) - emax, -127, 127) from amax's exponent bits; a zero or
+        // subnormal amax clamps to 2^-127, the one E8M0 value below float's normal range.
+        Tensor s = bits_of(amax).bitwise_right_shift(23).sub_(127 + mx_emax_).clamp_(-127, 127);
+        Tensor is_min = s.eq(-127).to(torch::kInt32);
+        p.scale = s.add_(127).mul_(1 << 23).add_(is_min.mul_(1 << 22)).view(torch::kFloat32);
+        p.step = p.scale;
+        break;
+      }
+      case Scaling::NV:
+        check_finite(amax, amax);
+        e4m3_.encode(amax / (6.0f * tensor_scale), nullptr, &p.scale);
+        p.step = p.scale * tensor_scale;
+        break;
+    }
+  }
+  p.any_zero_step = p.step.eq(0).any().item<bool>();
+  return p;
+}
+
+SlotParams FormatGrid::fit_search(const Tensor& x, bool clip_search, int steps, float min_clip,
+                                  float tensor_scale, int64_t dim) const {
+  if (!clip_search) return fit(x, 1.0f, tensor_scale, dim);
+  if (steps < 1 || !(min_clip > 0 && min_clip <= 1))
+    fail("clip search needs steps >= 1 and min_clip in (0, 1], not {} and {}", steps, min_clip);
+  SlotParams best;
+  Tensor best_err;
+  for (int k = 0; k <= steps; ++k) {
+    SlotParams p = fit(x, clip_ratio(k, steps, min_clip), tensor_scale, dim);
+    Tensor deq;
+    quantize(x, p, nullptr, &deq);
+    Tensor err = deq.sub_(x).square_().sum(dim, true);
+    if (k == 0) {
+      best = p, best_err = err;
+      continue;
+    }
+    Tensor better = err.lt(best_err);  // strict: ties keep the larger clip
+    best_err = torch::where(better, err, best_err);
+    best.scale = torch::where(better, p.scale, best.scale);
+    best.step = torch::where(better, p.step, best.step);
+    if (p.zero.defined()) best.zero = torch::where(better, p.zero, best.zero);
+  }
+  best.any_zero_step = best.step.eq(0).any().item<bool>();
+  return best;
+}
+
+void FormatGrid::quantize(const Tensor& x, const SlotParams& p, Tensor* codes, Tensor* dequantized) const {
+  Tensor t = x / p.step;
+  if (p.any_zero_step) t.masked_fill_(p.step.eq(0), 0.0f);  // as the scalar code: encode(+0)
+  if (spec_.asymmetric) {
+    Tensor q = t.round_().add_(p.zero).clamp_(0, spec_.codec().max());
+    if (codes) *codes = q.to(torch::kInt32);
+    if (dequantized) *dequantized = q.sub_(p.zero).mul_(p.step);
+    return;
+  }
+  Tensor values;
+  grid_.encode(t, codes, dequantized ? &values : nullptr);
+  if (dequantized) *dequantized = values.mul_(p.step);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+}  // namespace lowbit

@@ -1,0 +1,104 @@
+#include "quant/quantizer.h"
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "quant/grid.h"
+#include "quant/methods.h"
+#include "util/error.h"
+
+namespace lowbit {
+
+namespace {
+
+QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
+  torch::Tensor codes = r.codes.to(torch::kCPU, torch::kUInt8).contiguous();
+  torch::Tensor scale = r.scale.to(torch::kCPU, torch::kFloat32).contiguous();
+  torch::Tensor zero = spec.asymmetric ? r.zero.to(torch::kCPU, torch::kInt32).contiguous() : torch::Tensor();
+  std::vector<GroupParams> params(size_t(scale.numel()));
+  const float* s = scale.data_ptr<float>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].scale = s[i];
+    if (spec.asymmetric) params[i].zero = zero.data_ptr<int32_t>()[i];
+  }
+  return QuantizedTensor::from_codes(spec, rows, cols, codes.data_ptr<uint8_t>(), params, r.tensor_scale);
+}
+
+}  // namespace
+
+double output_error(const torch::Tensor& dW, const torch::Tensor& H) {
+  if (dW.dim() != 2 || H.dim() != 2 || H.size(0) != dW.size(1) || H.size(1) != dW.size(1))
+    fail("output_error: H must be {}x{} for a {}x{} weight difference", dW.size(1), dW.size(1),
+         dW.size(0), dW.size(1));
+  torch::NoGradGuard no_grad;
+  // In H's precision; rows in chunks so that dW H never needs a full-size temporary.
+  auto dt = H.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::Tensor h = H.to(dW.device(), dt);
+  double total = 0;
+  const int64_t chunk = 1024;
+  for (int64_t r0 = 0; r0 < dW.size(0); r0 += chunk) {
+    torch::Tensor d = dW.narrow(0, r0, std::min(chunk, dW.size(0) - r0)).to(dt);
+    total += d.mm(h).mul_(d).sum(torch::kFloat64).item<double>();
+  }
+  return total;
+}
+
+LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
+                                const torch::Tensor& H) {
+  QuantOutcome r = options.method == QuantMethod::GPTQ ? quantize_gptq(W, H, spec, options)
+                                                       : quantize_rtn(W, spec, options.rtn);
+  LayerQuantResult out;
+  out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
+  out.dequantized = r.dequantized;
+  out.weight_mse = r.squared_error / double(W.numel());
+  if (H.defined() && options.compute_output_error)
+    out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+  return out;
+}
+
+MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& candidates, MofqMetric metric,
+                         const LayerQuantOptions& options, const torch::Tensor& H) {
+  if (candidates.empty()) fail("MoFQ: no candidate formats");
+  if (metric == MofqMetric::OutputError && !H.defined()) fail("MoFQ: the output-error metric needs H");
+  LayerQuantOptions o = options;
+  o.compute_output_error = metric == MofqMetric::OutputError || options.compute_output_error;
+  MofqChoice choice;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    LayerQuantResult r = quantize_layer(W, candidates[i], o, H);
+    double e = metric == MofqMetric::OutputError ? r.output_error : r.weight_mse;
+    choice.errors.push_back(e);
+    if (i == 0 || e < choice.errors[choice.best]) {
+      choice.best = i;
+      choice.result = std::move(r);
+    }
+  }
+  return choice;
+}
+
+torch::Tensor round_to_grid(const torch::Tensor& x, const Codec& codec) {
+  // One Grid per codec and device, built on first use (activation fake-quant calls this a lot).
+  static std::mutex mutex;
+  static std::map<std::pair<const Codec*, std::string>, std::unique_ptr<Grid>> cache;
+  const Grid* grid;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto& slot = cache[{&codec, x.device().str()}];
+    if (!slot) slot = std::make_unique<Grid>(codec, x.device());
+    grid = slot.get();
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor t = x.to(torch::kFloat32);
+  torch::Tensor nan = t.isnan();
+  bool any_nan = nan.any().item<bool>();
+  if (any_nan && !codec.nan_code()) fail("{} cannot represent NaN", codec.name());
+  if (any_nan) t = t.masked_fill(nan, 0.0f);
+  torch::Tensor values;
+  grid->encode(t, nullptr, &values);
+  if (any_nan) values.masked_fill_(nan, std::numeric_limits<float>::quiet_NaN());
+  return values.to(x.scalar_type());
+}
+
+}  // namespace lowbit
