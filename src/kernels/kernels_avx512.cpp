@@ -50,17 +50,6 @@ LB_TARGET LB_INLINE void setup(Seg& s, const float* lut, float step_value, float
   }
 }
 
-// Row r's scale and zero-point arrays, indexed by segment.
-struct RowParams {
-  const float* scales;
-  const uint8_t* zeros;  // null when symmetric
-  float factor;
-  LB_INLINE float step(int64_t j) const { return scales[j] * factor; }
-  LB_INLINE float zero(int64_t j) const { return zeros ? float(zeros[j]) : 0.0f; }
-};
-inline RowParams row_params(const WeightView& w, int64_t r) {
-  return {w.row_scales(r), w.row_zeros(r), w.step_factor()};
-}
 
 // 16 codes starting at p (a byte boundary) as 16 bytes, each the code in its low B bits (for
 // B = 4 the high bits may hold garbage, which vpermps ignores).

@@ -50,6 +50,18 @@ struct WeightView {
   float step_factor() const { return nv ? tensor_scale : 1.0f; }
 };
 
+// Row r's steps and zero points, indexed by segment (for the SIMD loops).
+struct RowParams {
+  const float* scales;
+  const uint8_t* zeros;  // null when symmetric
+  float factor;
+  float step(int64_t j) const { return scales[j] * factor; }
+  float zero(int64_t j) const { return zeros ? float(zeros[j]) : 0.0f; }
+};
+inline RowParams row_params(const WeightView& w, int64_t r) {
+  return {w.row_scales(r), w.row_zeros(r), w.step_factor()};
+}
+
 // Builds the view; throws lowbit::Error if q's arrays do not match its shape and spec.
 void make_view(const QuantizedTensor& q, WeightView& view);
 
