@@ -3,6 +3,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "format/packing.h"
@@ -115,9 +118,25 @@ void make_view(const QuantizedTensor& q, WeightView& v) {
   v.codes = q.codes.data();
   v.scales = q.scales.data();
   v.zeros = v.asym ? q.zeros.data() : nullptr;
-  const Codec& codec = spec.codec();
-  // Entries past 2^bits stay 0 (the default); the SIMD levels load tables of 16 or 32 entries.
-  for (int c = 0; c < codec.num_codes(); ++c) v.lut[c] = codec.decode(uint8_t(c));
+  v.element = &element_info(spec.codec());
+  v.lut = v.element->lut;
+}
+
+const ElementInfo& element_info(const Codec& codec) {
+  static std::mutex mutex;
+  static std::map<const Codec*, std::unique_ptr<ElementInfo>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::unique_ptr<ElementInfo>& info = cache[&codec];
+  if (!info) {
+    info = std::make_unique<ElementInfo>();
+    info->bits = codec.bits();
+    // Entries past 2^bits stay 0; the SIMD levels load tables of 16 or 32 entries.
+    for (int c = 0; c < codec.num_codes(); ++c) info->lut[c] = codec.decode(uint8_t(c));
+    info->kind = classify_element(info->lut, info->bits);
+    info->sign_magnitude = is_sign_magnitude(info->lut, info->bits);
+    info->fp8 = classify_fp8(info->lut, info->bits);
+  }
+  return *info;
 }
 
 }  // namespace kernels

@@ -31,7 +31,7 @@ enum class SimdLevel { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 const char* simd_level_name(SimdLevel level);       // "scalar", "avx2", "avx512"
 SimdLevel parse_simd_level(std::string_view name);  // throws lowbit::Error on unknown names
-bool simd_level_supported(SimdLevel level);         // by this CPU (AVX2 means AVX2+FMA+F16C+BMI2;
+bool simd_level_supported(SimdLevel level);         // by this CPU (AVX2 means AVX2+FMA+F16C;
                                                     // AVX-512 means F+BW+VL+DQ, and AVX2)
 SimdLevel best_simd_level();                        // the highest supported level
 // The level used when none is given: the forced level, else LOWBIT_SIMD (read once), else the

@@ -3,12 +3,16 @@
 //
 // Codes are decoded 16 at a time (one zmm of floats). A chunk of 16 codes starts on a byte
 // boundary whenever its first column is a multiple of 8, which chunks_of_16() guarantees; the
-// short last chunk of a row is copied to a zero-padded buffer and decoded the same way.
+// short last chunk of a row is copied to a zero-padded buffer and decoded the same way. Codes
+// are unpacked in registers: nibbles by shift and interleave, bytes by widening, other widths by
+// vpshufb + vpsrlvd. Then, to weights:
 //   <= 4 bits: the segment's 16 scaled values (lut - zero) * step sit in one register and
 //              vpermps picks them: bit-exact, since each is the same single float product;
-//   5 bits:    two registers and vpermt2ps;
+//   5 bits:    the same with 32 values in two registers and vpermt2ps;
 //   integers:  sign or zero extension and a conversion, then (v - zero) * step;
-//   others:    a gather from the 256-entry table, then (v - zero) * step.
+//   others:    (fp6, fp8, ...) the table's own values by vpermt2ps per 32 entries, merged on the
+//              higher index bits (half the table for sign-magnitude codes), then
+//              (v - zero) * step.
 // (v - 0) * step equals v * step bit for bit (x - +0 = x for every float, -0 and NaN included).
 #include "kernels/weight_view.h"
 
@@ -24,100 +28,168 @@
 #include <cstring>
 #include <vector>
 
-#define LB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")))
+#define LB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define LB_INLINE inline __attribute__((always_inline))
 
 namespace lowbit::kernels {
 namespace {
 
-enum class Lookup { Table16, Table32, SignedInt, UnsignedInt, Gather };
+enum class Lookup { Table16, Table32, SignedInt, UnsignedInt, Perm, PermSign };
 
 struct Seg {
   __m512 t0, t1;     // scaled tables (Table16, Table32)
   __m512 step, zero;  // the others
 };
 
-// Segment constants. (v - 0) * step == v * step bit for bit, so symmetric formats pass zero 0.
-template <Lookup L>
-LB_TARGET LB_INLINE void setup(Seg& s, const float* lut, float step_value, float zero_value) {
-  __m512 step = _mm512_set1_ps(step_value), zero = _mm512_set1_ps(zero_value);
+// Constants of segment j of a row. (v - 0) * step == v * step bit for bit, so symmetric formats
+// may subtract a zero point of 0.
+template <Lookup L, ScaleKind S>
+LB_TARGET LB_INLINE void setup(Seg& s, const float* lut, const RowParams& p, int64_t j) {
+  __m512 step = _mm512_set1_ps(p.step<S>(j));
+  constexpr bool has_zero = S == ScaleKind::Asym || S == ScaleKind::Any;
   if constexpr (L == Lookup::Table16 || L == Lookup::Table32) {
-    s.t0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(lut), zero), step);
-    s.t1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(lut + 16), zero), step);
+    __m512 t0 = _mm512_load_ps(lut), t1 = _mm512_load_ps(lut + 16);
+    if constexpr (has_zero) {
+      __m512 zero = _mm512_set1_ps(p.zero<S>(j));
+      t0 = _mm512_sub_ps(t0, zero), t1 = _mm512_sub_ps(t1, zero);
+    }
+    s.t0 = _mm512_mul_ps(t0, step);
+    s.t1 = _mm512_mul_ps(t1, step);
   } else {
     s.step = step;
-    s.zero = zero;
+    s.zero = _mm512_set1_ps(p.zero<S>(j));
   }
 }
 
 
-// 16 codes starting at p (a byte boundary) as 16 bytes, each the code in its low B bits (for
-// B = 4 the high bits may hold garbage, which vpermps ignores).
+// Bytes decode16 reads from the start of a chunk of 16 codes (2B bytes): B = 4 reads exactly its
+// 8, the others a whole 16-byte vector. Chunks where that would read past the end of the codes
+// go through decode_safe instead (see fast_cols).
 template <int B>
-LB_TARGET LB_INLINE __m128i unpack16(const uint8_t* p) {
+constexpr int kRead = B == 4 ? 8 : 16;
+
+// Unpacking 16 codes of B bits from 16 loaded bytes: each 32-bit lane takes the two bytes that
+// hold its code (vpshufb, within each 128-bit lane, from the bytes broadcast to all four) and
+// shifts the code down (vpsrlvd).
+template <int B>
+struct Unpack {
+  alignas(64) uint8_t shuffle[64] = {};
+  alignas(64) uint32_t shift[16] = {};
+  constexpr Unpack() {
+    for (int i = 0; i < 16; ++i) {
+      int bit = i * B;
+      shuffle[4 * i] = uint8_t(bit / 8);
+      shuffle[4 * i + 1] = uint8_t(bit / 8 + 1);  // up to byte 14 for B = 7: inside the 16
+      shuffle[4 * i + 2] = shuffle[4 * i + 3] = 0x80;  // zero
+      shift[i] = uint32_t(bit % 8);
+    }
+  }
+};
+template <int B>
+constexpr Unpack<B> kUnpack{};
+
+// 16 codes starting at p (a byte boundary), one per 32-bit lane. For B = 4 bits 4-7 of a lane
+// may hold garbage, which vpermps ignores (4-bit codes always use Table16).
+template <int B>
+LB_TARGET LB_INLINE __m512i codes16(const uint8_t* p) {
   if constexpr (B == 8) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   } else if constexpr (B == 4) {
     __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    return _mm_unpacklo_epi8(b, _mm_srli_epi16(b, 4));  // low nibble first
+    return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, _mm_srli_epi16(b, 4)));  // low nibble first
   } else {
-    uint64_t lo = 0, hi = 0;  // 8 codes in B bytes each
-    std::memcpy(&lo, p, B);
-    std::memcpy(&hi, p + B, B);
-    const uint64_t mask = 0x0101010101010101ull * ((1u << B) - 1u);
-    return _mm_set_epi64x(int64_t(_pdep_u64(hi, mask)), int64_t(_pdep_u64(lo, mask)));
+    __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    x = _mm512_shuffle_epi8(x, _mm512_load_si512(kUnpack<B>.shuffle));
+    x = _mm512_srlv_epi32(x, _mm512_load_si512(kUnpack<B>.shift));
+    return _mm512_and_si512(x, _mm512_set1_epi32((1 << B) - 1));
   }
 }
 
-// 16 dequantized weights: exactly the scalar kernel's values.
+// Unscaled values of 16 codes from the table itself: one vpermt2ps per 32 entries, merged by
+// the index bits above 5. PermSign looks up the code without its top bit in the first half of
+// the table and flips the sign bit for codes with it (is_sign_magnitude() holds).
 template <int B, Lookup L>
-LB_TARGET LB_INLINE __m512 decode16(const uint8_t* p, const Seg& s, const float* lut) {
-  __m128i c = unpack16<B>(p);
+LB_TARGET LB_INLINE __m512 table_lookup(__m512i idx, const float* lut) {
+  constexpr int TB = L == Lookup::PermSign ? B - 1 : B;  // index bits into the table
+  constexpr int NT = TB <= 5 ? 1 : 1 << (TB - 5);        // tables of 32
+  __m512 v[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t)
+    v[t] = _mm512_permutex2var_ps(_mm512_load_ps(lut + 32 * t), idx, _mm512_load_ps(lut + 32 * t + 16));
+  #pragma GCC unroll 8
+  for (int bit = 5, n = NT; n > 1; ++bit, n /= 2) {
+    __mmask16 upper = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
+    #pragma GCC unroll 8
+    for (int i = 0; i < n / 2; ++i) v[i] = _mm512_mask_blend_ps(upper, v[2 * i], v[2 * i + 1]);
+  }
+  if constexpr (L == Lookup::PermSign) {
+    // v ^ ((idx << (32 - B)) & sign bit)
+    __m512i sign = _mm512_slli_epi32(idx, 32 - B);
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+        _mm512_castps_si512(v[0]), sign, _mm512_set1_epi32(int(0x80000000u)), 0x78));
+  }
+  return v[0];
+}
+
+// 16 dequantized weights from 16 codes: exactly the scalar kernel's values.
+template <int B, Lookup L>
+LB_TARGET LB_INLINE __m512 lookup(__m512i idx, const Seg& s, const float* lut) {
   if constexpr (L == Lookup::Table16) {
-    return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c), s.t0);
+    return _mm512_permutexvar_ps(idx, s.t0);
   } else if constexpr (L == Lookup::Table32) {
-    return _mm512_permutex2var_ps(s.t0, _mm512_cvtepu8_epi32(c), s.t1);
+    return _mm512_permutex2var_ps(s.t0, idx, s.t1);
+  } else if constexpr (L == Lookup::SignedInt) {
+    __m512i i = _mm512_srai_epi32(_mm512_slli_epi32(idx, 32 - B), 32 - B);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(i), s.step);  // signed grids are symmetric
   } else {
-    __m512 v;
-    if constexpr (L == Lookup::SignedInt) {
-      __m512i i = B == 8 ? _mm512_cvtepi8_epi32(c)
-                         : _mm512_srai_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(c), 32 - B),
-                                             32 - B);
-      return _mm512_mul_ps(_mm512_cvtepi32_ps(i), s.step);  // signed grids are symmetric
-    } else if constexpr (L == Lookup::UnsignedInt) {
-      v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
-    } else {
-      v = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(c), lut, 4);
-    }
+    __m512 v = L == Lookup::UnsignedInt ? _mm512_cvtepi32_ps(idx) : table_lookup<B, L>(idx, lut);
     return _mm512_mul_ps(_mm512_sub_ps(v, s.zero), s.step);
   }
 }
 
-// Chunk starting at column c of a row: full, or the row's last `len` < 16 columns.
+// 16 weights from the chunk at p; kRead<B> bytes must be readable there.
 template <int B, Lookup L>
-LB_TARGET LB_INLINE __m512 decode_tail(const uint8_t* row, int64_t c, int64_t len, const Seg& s,
+LB_TARGET LB_INLINE __m512 decode16(const uint8_t* p, const Seg& s, const float* lut) {
+  return lookup<B, L>(codes16<B>(p), s, lut);
+}
+
+// The chunk of `len` <= 16 columns at column c of a row, through a zero-padded copy: for the
+// end of a row, and for chunks too close to the end of the codes for decode16's reads.
+template <int B, Lookup L>
+LB_TARGET LB_INLINE __m512 decode_safe(const uint8_t* row, int64_t c, int64_t len, const Seg& s,
                                        const float* lut) {
   alignas(16) uint8_t tmp[16] = {};
   std::memcpy(tmp, row + c * B / 8, size_t((len * B + 7) / 8));
   return decode16<B, L>(tmp, s, lut);
 }
 
+// Chunks of row r starting at columns c <= fast_cols(...) may use decode16.
+template <int B>
+int64_t fast_cols(const WeightView& w, int64_t r) {
+  int64_t readable = (w.rows - r) * w.row_bytes;  // from the row's start to the end of the codes
+  return readable < kRead<B> ? -1 : (readable - kRead<B>) * 8 / B;
+}
+
 LB_TARGET LB_INLINE __mmask16 tail_mask(int64_t len) { return __mmask16((1u << len) - 1u); }
 
-template <int B, Lookup L>
+template <int B, Lookup L, ScaleKind S>
 LB_TARGET void dequantize_rows(const WeightView& w, int64_t begin, int64_t end, float* out,
                                int64_t out_stride) {
   for (int64_t r = begin; r < end; ++r) {
     const uint8_t* row = w.row_codes(r);
     float* o = out + (r - begin) * out_stride;
     RowParams rp = row_params(w, r);
+    const int64_t fast = fast_cols<B>(w, r);
     for (int64_t j = 0; j < w.segs_per_row; ++j) {
       Seg s;
-      setup<L>(s, w.lut, rp.step(j), rp.zero(j));
+      setup<L, S>(s, w.lut, rp, j);
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
-      for (; c + 16 <= stop; c += 16) _mm512_storeu_ps(o + c, decode16<B, L>(row + c * B / 8, s, w.lut));
-      if (c < stop)
-        _mm512_mask_storeu_ps(o + c, tail_mask(stop - c), decode_tail<B, L>(row, c, stop - c, s, w.lut));
+      for (; c + 16 <= stop && c <= fast; c += 16)
+        _mm512_storeu_ps(o + c, decode16<B, L>(row + c * B / 8, s, w.lut));
+      for (; c < stop; c += 16) {
+        int64_t len = std::min<int64_t>(16, stop - c);
+        _mm512_mask_storeu_ps(o + c, tail_mask(len), decode_safe<B, L>(row, c, len, s, w.lut));
+      }
     }
   }
 }
@@ -137,9 +209,10 @@ LB_TARGET LB_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
 // the even column's weight from the low nibble and the odd column's from the high one (it reads
 // only the low 4 bits of each lane). x is read in the matching order from xp: each block of 32
 // columns as its 16 even columns, then its 16 odd ones (pair_order below). Half the shuffles of
-// decoding 16 columns in their natural order.
+// decoding 16 columns in their natural order. Blocks of 16 (NVFP4) take two segments at once:
+// vpermt2ps picks from both tables, the second one for lanes 8-15 (columns 16-31).
 constexpr bool pairs_apply(const WeightView& w) {
-  return w.bits == 4 && (w.segs_per_row == 1 || w.seg_len % 32 == 0);
+  return w.bits == 4 && (w.segs_per_row == 1 || w.seg_len % 32 == 0 || w.seg_len == 16);
 }
 
 // xp[32b + j] = x[32b + 2j], xp[32b + 16 + j] = x[32b + 2j + 1] for every whole block of 32.
@@ -155,7 +228,7 @@ LB_TARGET void pair_order(const float* x, int64_t cols, float* xp) {
 
 // y[r] = x · Ŵ[r] for every row, four rows at a time (the last block repeats its last row).
 // xp: x in pair order when pairs_apply(w) (4-bit codes only), else null.
-template <int B, Lookup L>
+template <int B, Lookup L, ScaleKind S>
 LB_TARGET void gemv(const float* x, const float* xp, const WeightView& w, float* y) {
   for (int64_t r0 = 0; r0 < w.rows; r0 += 4) {
     const uint8_t* rp[4];
@@ -168,10 +241,36 @@ LB_TARGET void gemv(const float* x, const float* xp, const WeightView& w, float*
       pr[k] = row_params(w, r);
       acc[k] = acc_odd[k] = _mm512_setzero_ps();
     }
-    for (int64_t j = 0; j < w.segs_per_row; ++j) {
+    // The last row decides how far decode16 may read (it is the block's last row, or repeated).
+    const int64_t fast = fast_cols<B>(w, std::min(r0 + 3, w.rows - 1));
+    int64_t j = 0;
+    if constexpr (B == 4 && L == Lookup::Table16) {
+      if (xp && w.seg_len == 16) {
+        // Two whole segments of 16 per step; bit 4 of the index selects the second table.
+        const __m512i second = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+        for (; (j + 2) * 16 <= w.cols; j += 2) {
+          int64_t c = j * 16;
+          __m512 xe = _mm512_loadu_ps(xp + c), xo = _mm512_loadu_ps(xp + c + 16);
+          #pragma GCC unroll 16
+          for (int k = 0; k < 4; ++k) {
+            Seg s0, s1;
+            setup<L, S>(s0, w.lut, pr[k], j);
+            setup<L, S>(s1, w.lut, pr[k], j + 1);
+            __m512i two = _mm512_cvtepu8_epi32(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(rp[k] + c / 2)));
+            // (two & 15) | second, and (two >> 4) | second
+            __m512i ie = _mm512_ternarylogic_epi32(two, _mm512_set1_epi32(15), second, 0xEA);
+            __m512i io = _mm512_or_si512(_mm512_srli_epi32(two, 4), second);
+            acc[k] = _mm512_fmadd_ps(_mm512_permutex2var_ps(s0.t0, ie, s1.t0), xe, acc[k]);
+            acc_odd[k] = _mm512_fmadd_ps(_mm512_permutex2var_ps(s0.t0, io, s1.t0), xo, acc_odd[k]);
+          }
+        }
+      }
+    }
+    for (; j < w.segs_per_row; ++j) {
       Seg s[4];
       #pragma GCC unroll 16
-      for (int k = 0; k < 4; ++k) setup<L>(s[k], w.lut, pr[k].step(j), pr[k].zero(j));
+      for (int k = 0; k < 4; ++k) setup<L, S>(s[k], w.lut, pr[k], j);
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       if constexpr (B == 4 && L == Lookup::Table16) {
         if (xp) {
@@ -188,17 +287,18 @@ LB_TARGET void gemv(const float* x, const float* xp, const WeightView& w, float*
           }
         }
       }
-      for (; c + 16 <= stop; c += 16) {
+      for (; c + 16 <= stop && c <= fast; c += 16) {
         __m512 xv = _mm512_loadu_ps(x + c);
         #pragma GCC unroll 16
         for (int k = 0; k < 4; ++k)
           acc[k] = _mm512_fmadd_ps(decode16<B, L>(rp[k] + c * B / 8, s[k], w.lut), xv, acc[k]);
       }
-      if (c < stop) {
-        __m512 xv = _mm512_maskz_loadu_ps(tail_mask(stop - c), x + c);
+      for (; c < stop; c += 16) {
+        int64_t len = std::min<int64_t>(16, stop - c);
+        __m512 xv = _mm512_maskz_loadu_ps(tail_mask(len), x + c);
         #pragma GCC unroll 16
         for (int k = 0; k < 4; ++k)
-          acc[k] = _mm512_fmadd_ps(decode_tail<B, L>(rp[k], c, stop - c, s[k], w.lut), xv, acc[k]);
+          acc[k] = _mm512_fmadd_ps(decode_safe<B, L>(rp[k], c, len, s[k], w.lut), xv, acc[k]);
       }
     }
     alignas(16) float sums[4];
@@ -303,27 +403,38 @@ struct Impl {
   GemvFn gemv;
 };
 
-template <int B, Lookup L>
+template <int B, Lookup L, ScaleKind S = ScaleKind::Any>
 constexpr Impl impl() {
-  return {dequantize_rows<B, L>, gemv<B, L>};
+  return {dequantize_rows<B, L, S>, gemv<B, L, S>};
+}
+
+// Register tables have their scaling folded in: specialize on it.
+template <int B, Lookup L>
+Impl table_impl(ScaleKind s) {
+  switch (s) {
+    case ScaleKind::Asym: return impl<B, L, ScaleKind::Asym>();
+    case ScaleKind::Nv: return impl<B, L, ScaleKind::Nv>();
+    default: return impl<B, L, ScaleKind::Plain>();
+  }
 }
 
 Impl select(const WeightView& w) {
-  ElementKind kind = element_kind(w);
+  ElementKind kind = w.element->kind;
   switch (w.bits) {
-    case 1: return impl<1, Lookup::Table16>();
-    case 2: return impl<2, Lookup::Table16>();
-    case 3: return impl<3, Lookup::Table16>();
-    case 4: return impl<4, Lookup::Table16>();
+    case 1: return table_impl<1, Lookup::Table16>(scale_kind(w));
+    case 2: return table_impl<2, Lookup::Table16>(scale_kind(w));
+    case 3: return table_impl<3, Lookup::Table16>(scale_kind(w));
+    case 4: return table_impl<4, Lookup::Table16>(scale_kind(w));
     case 5:
       return kind == ElementKind::SignedInt     ? impl<5, Lookup::SignedInt>()
              : kind == ElementKind::UnsignedInt ? impl<5, Lookup::UnsignedInt>()
-                                                : impl<5, Lookup::Table32>();
+                                                : table_impl<5, Lookup::Table32>(scale_kind(w));
 #define LB_WIDE(B)                                                        \
   case B:                                                                 \
     return kind == ElementKind::SignedInt     ? impl<B, Lookup::SignedInt>() \
            : kind == ElementKind::UnsignedInt ? impl<B, Lookup::UnsignedInt>() \
-                                              : impl<B, Lookup::Gather>();
+           : w.element->sign_magnitude       ? impl<B, Lookup::PermSign>()    \
+                                              : impl<B, Lookup::Perm>();
     LB_WIDE(6)
     LB_WIDE(7)
     LB_WIDE(8)

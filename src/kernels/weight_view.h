@@ -11,8 +11,80 @@
 #include <cstdint>
 
 #include "format/quantized_tensor.h"
+#include "util/half.h"
 
 namespace lowbit::kernels {
+
+// How a level turns codes into unscaled values.
+enum class ElementKind {
+  Small,        // at most 4 bits: a 16-entry table held in registers
+  SignedInt,    // lut[c] = c sign-extended from `bits` bits: a conversion, no table
+  UnsignedInt,  // lut[c] = c
+  Table,        // anything else (fp6, fp8, ...): a table look-up
+};
+
+inline ElementKind classify_element(const float* lut, int bits) {
+  if (bits <= 4) return ElementKind::Small;
+  int n = 1 << bits;
+  bool is_signed = true, is_unsigned = true;
+  for (int c = 0; c < n; ++c) {
+    is_signed = is_signed && lut[c] == float(c >= n / 2 ? c - n : c);
+    is_unsigned = is_unsigned && lut[c] == float(c);
+  }
+  return is_signed ? ElementKind::SignedInt
+                   : is_unsigned ? ElementKind::UnsignedInt : ElementKind::Table;
+}
+
+// Whether the top bit of a code is a sign bit: lut[c + 2^(b-1)] is lut[c] with the float's sign
+// bit flipped, bit for bit (NaN codes included). True for every minifloat; a look-up then needs
+// only the first half of the table.
+inline bool is_sign_magnitude(const float* lut, int bits) {
+  int half = 1 << (bits - 1);
+  for (int c = 0; c < half; ++c)
+    if ((float_to_bits(lut[c]) ^ 0x80000000u) != float_to_bits(lut[c + half])) return false;
+  return true;
+}
+
+// FP8 codes that F16C can convert: E5M2 is the top byte of an fp16; E4M3 moved into fp16's
+// fields, (c & 0x80) << 8 | (c & 0x7f) << 7, is its value / 256 (subnormals included). NaN codes
+// convert to something else and are replaced by the table's NaN.
+enum class Fp8Kind { None, E4M3, E5M2 };
+
+// Whether code c of the kind is one whose conversion is replaced (its table value is used).
+inline bool fp8_special(Fp8Kind kind, uint32_t c) {
+  return kind == Fp8Kind::E4M3 ? (c & 0x7f) == 0x7f : (c & 0x7f) > 0x7c;
+}
+
+inline Fp8Kind classify_fp8(const float* lut, int bits) {
+  if (bits != 8 || !is_sign_magnitude(lut, bits)) return Fp8Kind::None;
+  for (Fp8Kind kind : {Fp8Kind::E4M3, Fp8Kind::E5M2}) {
+    bool ok = true;
+    for (uint32_t c = 0; c < 256 && ok; ++c) {
+      float v = kind == Fp8Kind::E5M2
+                    ? fp16_to_float(uint16_t(c << 8))
+                    : fp16_to_float(uint16_t((c & 0x80) << 8 | (c & 0x7f) << 7)) * 256.0f;
+      // Special codes must hold one NaN pattern per sign: the replacement is that of code 0xff
+      // with the code's sign.
+      ok = fp8_special(kind, c) ? float_to_bits(lut[c]) == (float_to_bits(lut[0xff]) &
+                                                             0x7fffffffu) + (c & 0x80u) * (1u << 24)
+                                : float_to_bits(v) == float_to_bits(lut[c]);
+    }
+    if (ok) return kind;
+  }
+  return Fp8Kind::None;
+}
+
+
+// A codec's table and what the SIMD levels need to know about it, computed once per codec
+// (element_info caches it; codecs are the registry's static objects).
+struct ElementInfo {
+  alignas(64) float lut[256] = {};  // lut[c] = codec.decode(c) for c < 2^bits; 0 beyond
+  int bits = 0;
+  ElementKind kind = ElementKind::Table;
+  bool sign_magnitude = false;
+  Fp8Kind fp8 = Fp8Kind::None;
+};
+const ElementInfo& element_info(const Codec& codec);
 
 struct WeightView {
   const uint8_t* codes = nullptr;  // packed; row r starts at codes + r * row_bytes
@@ -26,7 +98,8 @@ struct WeightView {
   const float* scales = nullptr;
   const uint8_t* zeros = nullptr;  // asym only
   float tensor_scale = 1.0f;
-  alignas(64) float lut[256] = {};  // lut[c] for c < 2^bits; 0 beyond
+  const ElementInfo* element = nullptr;
+  const float* lut = nullptr;  // element->lut, 64-byte aligned
 
   // Scale slot of segment j of row r.
   int64_t slot(int64_t r, int64_t j) const {
@@ -50,13 +123,33 @@ struct WeightView {
   float step_factor() const { return nv ? tensor_scale : 1.0f; }
 };
 
+// How a format's step and zero point are found, for kernels specialized on it.
+enum class ScaleKind {
+  Any,    // decided at run time
+  Plain,  // step = scale, no zero point
+  Asym,   // step = scale, zero point
+  Nv,     // step = scale * tensor scale, no zero point
+};
+inline ScaleKind scale_kind(const WeightView& w) {
+  return w.asym ? ScaleKind::Asym : w.nv ? ScaleKind::Nv : ScaleKind::Plain;
+}
+
 // Row r's steps and zero points, indexed by segment (for the SIMD loops).
 struct RowParams {
   const float* scales;
   const uint8_t* zeros;  // null when symmetric
   float factor;
-  float step(int64_t j) const { return scales[j] * factor; }
-  float zero(int64_t j) const { return zeros ? float(zeros[j]) : 0.0f; }
+  template <ScaleKind S = ScaleKind::Any>
+  float step(int64_t j) const {
+    if constexpr (S == ScaleKind::Plain || S == ScaleKind::Asym) return scales[j];
+    return scales[j] * factor;
+  }
+  template <ScaleKind S = ScaleKind::Any>
+  float zero(int64_t j) const {
+    if constexpr (S == ScaleKind::Plain || S == ScaleKind::Nv) return 0.0f;
+    if constexpr (S == ScaleKind::Asym) return float(zeros[j]);
+    return zeros ? float(zeros[j]) : 0.0f;
+  }
 };
 inline RowParams row_params(const WeightView& w, int64_t r) {
   return {w.row_scales(r), w.row_zeros(r), w.step_factor()};
@@ -73,26 +166,6 @@ inline uint32_t code_at(const uint8_t* row, int bits, int64_t col) {
   return (word >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
-// How a level turns codes into unscaled values.
-enum class ElementKind {
-  Small,        // at most 4 bits: a 16-entry table held in registers
-  SignedInt,    // lut[c] = c sign-extended from `bits` bits: a conversion, no table
-  UnsignedInt,  // lut[c] = c
-  Table,        // anything else (fp6, fp8, ...): a table look-up
-};
-
-inline ElementKind element_kind(const WeightView& w) {
-  if (w.bits <= 4) return ElementKind::Small;
-  int n = 1 << w.bits;
-  bool is_signed = true, is_unsigned = true;
-  for (int c = 0; c < n; ++c) {
-    is_signed = is_signed && w.lut[c] == float(c >= n / 2 ? c - n : c);
-    is_unsigned = is_unsigned && w.lut[c] == float(c);
-  }
-  return is_signed ? ElementKind::SignedInt
-                   : is_unsigned ? ElementKind::UnsignedInt : ElementKind::Table;
-}
-
 // One kernel level. `applies` says whether the level's vector code handles the view (else the
 // scalar kernels run).
 struct KernelSet {
@@ -107,7 +180,7 @@ struct KernelSet {
 const KernelSet* scalar_kernels();
 const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();
-bool cpu_has_avx2();    // AVX2, FMA, F16C, BMI2
+bool cpu_has_avx2();    // AVX2, FMA, F16C
 bool cpu_has_avx512();  // AVX-512 F, BW, VL, DQ, plus cpu_has_avx2()
 
 // Whether segments of the view can be walked in chunks of 16 columns that start on byte

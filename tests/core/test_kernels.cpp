@@ -159,7 +159,7 @@ double expect_qmatmul_within_bound(const QuantizedTensor& q, int64_t n, unsigned
 
 TEST(Dispatch, PicksTheBestSupportedLevel) {
   bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+              __builtin_cpu_supports("f16c");
   bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   EXPECT_TRUE(simd_level_supported(SimdLevel::Scalar));
