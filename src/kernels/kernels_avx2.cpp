@@ -154,11 +154,16 @@ LB_TARGET LB_INLINE __m256 table_lookup(__m256i idx, const float* lut) {
   __m256 v[NT];
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) v[t] = _mm256_permutevar8x32_ps(_mm256_load_ps(lut + 8 * t), idx);
-  #pragma GCC unroll 8
-  for (int bit = 3, n = NT; n > 1; ++bit, n /= 2) {
-    __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 31 - bit));  // bit -> sign
+  // Halve the candidates on index bits 3, 4 in turn (blendv reads the bit moved to the sign).
+  if constexpr (NT >= 2) {
+    __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
     #pragma GCC unroll 8
-    for (int i = 0; i < n / 2; ++i) v[i] = _mm256_blendv_ps(v[2 * i], v[2 * i + 1], upper);
+    for (int i = 0; i < NT / 2; ++i) v[i] = _mm256_blendv_ps(v[2 * i], v[2 * i + 1], upper);
+  }
+  if constexpr (NT >= 4) {
+    __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+    #pragma GCC unroll 8
+    for (int i = 0; i < NT / 4; ++i) v[i] = _mm256_blendv_ps(v[2 * i], v[2 * i + 1], upper);
   }
   if constexpr (L == Lookup::PermSign) {
     __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 32 - B));

@@ -116,12 +116,15 @@ LB_TARGET LB_INLINE __m512 table_lookup(__m512i idx, const float* lut) {
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t)
     v[t] = _mm512_permutex2var_ps(_mm512_load_ps(lut + 32 * t), idx, _mm512_load_ps(lut + 32 * t + 16));
-  #pragma GCC unroll 8
-  for (int bit = 5, n = NT; n > 1; ++bit, n /= 2) {
+  // Halve the candidates on index bits 5, 6, 7 in turn.
+  auto merge = [&](int bit, int n) LB_TARGET {
     __mmask16 upper = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
     #pragma GCC unroll 8
     for (int i = 0; i < n / 2; ++i) v[i] = _mm512_mask_blend_ps(upper, v[2 * i], v[2 * i + 1]);
-  }
+  };
+  if constexpr (NT >= 2) merge(5, NT);
+  if constexpr (NT >= 4) merge(6, NT / 2);
+  if constexpr (NT >= 8) merge(7, NT / 4);
   if constexpr (L == Lookup::PermSign) {
     // v ^ ((idx << (32 - B)) & sign bit)
     __m512i sign = _mm512_slli_epi32(idx, 32 - B);
