@@ -68,24 +68,39 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
 
   Progress progress("quantize", size_t(layers) * 7, opt.progress);
   size_t done = 0;
-  for (int l = 0; l < layers; ++l) {
-    DecoderLayer& layer = model.layers()[l];
-    const std::string prefix = fmt::format("model.layers.{}.", l);
-    for (const auto& group : sequential_groups()) {
-      // Members of a group share their input, so the first member's input is the group's.
-      const std::string watched = prefix + group.front() + ".weight";
-      StatsAccumulator acc(opt);
-      model.set_linear_input_hook([&](const std::string& name, const torch::Tensor& input) {
-        if (name == watched) acc.add(input);
-      });
-      for (const torch::Tensor& x : xs) model.layer_forward(l, x);
-      model.set_linear_input_hook(nullptr);
-      for (const std::string& short_name : group) {
-        quantize_linear(l, prefix + short_name + ".weight", layer.linear(short_name), acc.stats());
-        progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers, short_name));
-      }
+  auto quantize_group = [&](int l, const std::vector<std::string>& group, const StatsAccumulator& acc) {
+    for (const std::string& short_name : group) {
+      quantize_linear(l, fmt::format("model.layers.{}.{}.weight", l, short_name),
+                      model.layers()[l].linear(short_name), acc.stats());
+      progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers, short_name));
     }
-    for (torch::Tensor& x : xs) x = model.layer_forward(l, x);  // the quantized block feeds the next
+  };
+  const auto& groups = sequential_groups();
+  // Each stage's input is computed once per batch from the previous stage's result, with the
+  // earlier groups of the block already quantized: about one forward pass per block in all.
+  for (int l = 0; l < layers; ++l) {
+    StatsAccumulator qkv(opt), o(opt), gate_up(opt), down(opt);
+    for (const torch::Tensor& x : xs) qkv.add(model.attn_norm(l, x));
+    quantize_group(l, groups[0], qkv);
+
+    std::vector<torch::Tensor> ctxs;
+    for (const torch::Tensor& x : xs) {
+      ctxs.push_back(model.attention(l, model.attn_norm(l, x)));
+      o.add(ctxs.back());
+    }
+    quantize_group(l, groups[1], o);
+
+    for (size_t b = 0; b < xs.size(); ++b) {
+      xs[b] = model.attention_residual(l, xs[b], ctxs[b]);  // xs now holds the residual stream r
+      ctxs[b] = torch::Tensor();
+      gate_up.add(model.mlp_norm(l, xs[b]));
+    }
+    quantize_group(l, groups[2], gate_up);
+
+    for (const torch::Tensor& r : xs) down.add(model.mlp_hidden(l, model.mlp_norm(l, r)));
+    quantize_group(l, groups[3], down);
+
+    for (torch::Tensor& r : xs) r = model.mlp_residual(l, r, model.mlp_hidden(l, model.mlp_norm(l, r)));
   }
   progress.finish();
 }

@@ -162,17 +162,24 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
   return torch::embedding(embed_tokens_, tokens.to(device_, torch::kLong));
 }
 
-torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t pos0, KVCache* cache) const {
+namespace {
+std::string linear_name(int layer, const char* short_name) {
+  return fmt::format("model.layers.{}.{}.weight", layer, short_name);
+}
+}  // namespace
+
+torch::Tensor LlamaModel::attn_norm(int li, const torch::Tensor& x) const {
+  return rms_norm(x, layers_.at(li).attn_norm);
+}
+
+torch::Tensor LlamaModel::attention(int li, const torch::Tensor& h, int64_t pos0, KVCache* cache) const {
   const ModelConfig& c = config_;
   const DecoderLayer& L = layers_.at(li);
-  const int64_t B = x.size(0), T = x.size(1), D = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
+  const int64_t B = h.size(0), T = h.size(1), D = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t rep = H / KV;
-  const std::string p = fmt::format("model.layers.{}.", li);
-
-  torch::Tensor h = rms_norm(x, L.attn_norm);
-  torch::Tensor q = apply_linear(L.q_proj, p + "self_attn.q_proj.weight", h).view({B, T, H, D}).transpose(1, 2);
-  torch::Tensor k = apply_linear(L.k_proj, p + "self_attn.k_proj.weight", h).view({B, T, KV, D}).transpose(1, 2);
-  torch::Tensor v = apply_linear(L.v_proj, p + "self_attn.v_proj.weight", h).view({B, T, KV, D}).transpose(1, 2);
+  torch::Tensor q = apply_linear(L.q_proj, linear_name(li, "self_attn.q_proj"), h).view({B, T, H, D}).transpose(1, 2);
+  torch::Tensor k = apply_linear(L.k_proj, linear_name(li, "self_attn.k_proj"), h).view({B, T, KV, D}).transpose(1, 2);
+  torch::Tensor v = apply_linear(L.v_proj, linear_name(li, "self_attn.v_proj"), h).view({B, T, KV, D}).transpose(1, 2);
   auto [cos, sin] = rope_cos_sin(pos0, T);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
@@ -197,13 +204,29 @@ torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t 
   if (c.sliding_window > 0) masked = masked | (kj <= qi - c.sliding_window);
   scores = scores.view({B, KV, rep, T, S}).masked_fill_(masked, -std::numeric_limits<float>::infinity());
   torch::Tensor attn = torch::softmax(scores, -1).view({B, KV, rep * T, S});
-  torch::Tensor ctx = torch::matmul(attn, v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
-  torch::Tensor out = x + apply_linear(L.o_proj, p + "self_attn.o_proj.weight", ctx);
+  return torch::matmul(attn, v).view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
+}
 
-  h = rms_norm(out, L.mlp_norm);
-  torch::Tensor gate = apply_linear(L.gate_proj, p + "mlp.gate_proj.weight", h);
-  torch::Tensor up = apply_linear(L.up_proj, p + "mlp.up_proj.weight", h);
-  return out + apply_linear(L.down_proj, p + "mlp.down_proj.weight", torch::silu(gate) * up);
+torch::Tensor LlamaModel::attention_residual(int li, const torch::Tensor& x, const torch::Tensor& ctx) const {
+  return x + apply_linear(layers_.at(li).o_proj, linear_name(li, "self_attn.o_proj"), ctx);
+}
+
+torch::Tensor LlamaModel::mlp_norm(int li, const torch::Tensor& r) const { return rms_norm(r, layers_.at(li).mlp_norm); }
+
+torch::Tensor LlamaModel::mlp_hidden(int li, const torch::Tensor& h2) const {
+  const DecoderLayer& L = layers_.at(li);
+  torch::Tensor gate = apply_linear(L.gate_proj, linear_name(li, "mlp.gate_proj"), h2);
+  torch::Tensor up = apply_linear(L.up_proj, linear_name(li, "mlp.up_proj"), h2);
+  return torch::silu(gate) * up;
+}
+
+torch::Tensor LlamaModel::mlp_residual(int li, const torch::Tensor& r, const torch::Tensor& m) const {
+  return r + apply_linear(layers_.at(li).down_proj, linear_name(li, "mlp.down_proj"), m);
+}
+
+torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t pos0, KVCache* cache) const {
+  torch::Tensor r = attention_residual(li, x, attention(li, attn_norm(li, x), pos0, cache));
+  return mlp_residual(li, r, mlp_hidden(li, mlp_norm(li, r)));
 }
 
 torch::Tensor LlamaModel::head(const torch::Tensor& x) const {

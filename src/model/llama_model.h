@@ -61,6 +61,20 @@ class LlamaModel {
                               KVCache* cache = nullptr) const;                    // [B,T,hidden]
   torch::Tensor head(const torch::Tensor& x) const;                             // final norm + lm_head
 
+  // The stages of layer_forward, for drivers that need each linear's input (calibration):
+  //   h   = attn_norm(x)                 input of q/k/v
+  //   ctx = attention(h)                 input of o_proj  [B,T,heads*head_dim]
+  //   r   = x + o_proj(ctx)              (attention_residual)
+  //   h2  = mlp_norm(r)                  input of gate/up
+  //   m   = silu(gate(h2)) * up(h2)      input of down_proj (mlp_hidden)
+  //   y   = r + down_proj(m)             (mlp_residual)
+  torch::Tensor attn_norm(int layer, const torch::Tensor& x) const;
+  torch::Tensor attention(int layer, const torch::Tensor& h, int64_t pos0 = 0, KVCache* cache = nullptr) const;
+  torch::Tensor attention_residual(int layer, const torch::Tensor& x, const torch::Tensor& ctx) const;
+  torch::Tensor mlp_norm(int layer, const torch::Tensor& r) const;
+  torch::Tensor mlp_hidden(int layer, const torch::Tensor& h2) const;
+  torch::Tensor mlp_residual(int layer, const torch::Tensor& r, const torch::Tensor& m) const;
+
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   Linear& lm_head() { return lm_head_; }
