@@ -219,18 +219,20 @@ int64_t fast_cols(const WeightView& w, int64_t r) {
   return readable < kRead<B> ? -1 : (readable - kRead<B>) * 8 / B;
 }
 
+// Rows [begin, end), columns [c0, c1) (c0 a multiple of 16) into out, row r at
+// out + (r - begin) * out_stride.
 template <int B, Lookup L, ScaleKind S>
 LB_TARGET void dequantize_rows(const WeightView& w, int64_t begin, int64_t end, float* out,
-                               int64_t out_stride) {
+                               int64_t out_stride, int64_t c0, int64_t c1) {
   for (int64_t r = begin; r < end; ++r) {
     const uint8_t* row = w.row_codes(r);
-    float* o = out + (r - begin) * out_stride;
+    float* o = out + (r - begin) * out_stride - c0;  // o[c]: column c
     RowParams rp = row_params(w, r);
     const int64_t fast = fast_cols<B>(w, r);
-    for (int64_t j = 0; j < w.segs_per_row; ++j) {
+    for (int64_t j = c0 / w.seg_len; j <= (c1 - 1) / w.seg_len; ++j) {
       Seg s;
       setup<L, S>(s, w.lut, rp, j);
-      int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
+      int64_t c = std::max(w.seg_begin(j), c0), stop = std::min(w.seg_begin(j) + w.seg_size(j), c1);
       for (; c + 16 <= stop && c <= fast; c += 16) {
         V16 v = decode16<B, L>(row + c * B / 8, s, w.lut);
         _mm256_storeu_ps(o + c, v.a);
@@ -364,32 +366,39 @@ template <int MI>
 constexpr MicroFn kMicroRow[kMaxMR + 1] = {nullptr, micro<MI, 1>, micro<MI, 2>, micro<MI, 3>};
 constexpr const MicroFn* kMicro[kMaxMI + 1] = {nullptr, kMicroRow<1>, kMicroRow<2>, kMicroRow<3>};
 
-using DequantFn = void (*)(const WeightView&, int64_t, int64_t, float*, int64_t);
+using DequantFn = void (*)(const WeightView&, int64_t, int64_t, float*, int64_t, int64_t, int64_t);
 using GemvFn = void (*)(const float*, const WeightView&, float*);
 
-constexpr int64_t kTileBytes = 256 << 10;  // dequantized rows per tile: about this many bytes
-constexpr int64_t kKc = 1024;              // columns per pass over a tile (multiple of 8)
+// GEMM tiles: 63 rows x 1024 columns of dequantized weights (252-256 KB, for L2), each
+// multiplied with every row of x before the next is decoded. A weight of x is then loaded once
+// per 63 rows of W.
+constexpr int64_t kTileRows = 63;  // a multiple of the micro-kernel's rows
+constexpr int64_t kKc = 1024;       // a multiple of 16
+constexpr int64_t kXRows = 96;      // rows of x per block: 96 x 1024 floats, 384 KB (a multiple of 12)
 // From this many rows of x on, GEMM on dequantized tiles; below, one fused pass per row of x
 // (measured on Zen 5: the tile pays off from n = 2).
 constexpr int64_t kGemmMinN = 2;
 
-// y = x · Ŵᵀ through dequantized tiles of rows: each weight is decoded once, then
-// multiplied with every row of x in fp32.
+// y = x · Ŵᵀ through dequantized tiles: each weight is decoded once, then multiplied with every
+// row of x in fp32.
 LB_TARGET void gemm(const float* x, int64_t n, const WeightView& w, float* y, DequantFn dequant) {
-  const int64_t K = w.cols, ld = (K + 7) / 8 * 8;
-  int64_t rt = std::clamp<int64_t>(kTileBytes / (ld * 4) / kMaxMR * kMaxMR, kMaxMR, 255);
-  std::vector<float> tile(size_t(rt * ld), 0.0f);
-  for (int64_t r0 = 0; r0 < w.rows; r0 += rt) {
-    int64_t nr = std::min(rt, w.rows - r0);
-    dequant(w, r0, r0 + nr, tile.data(), ld);
+  const int64_t K = w.cols, ld = std::min<int64_t>(kKc, (K + 15) / 16 * 16);
+  std::vector<float> tile(size_t(kTileRows * ld), 0.0f);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += kTileRows) {
+    int64_t nr = std::min(kTileRows, w.rows - r0);
     for (int64_t k0 = 0; k0 < K; k0 += kKc) {
       int64_t kc = std::min(kKc, K - k0);
-      for (int64_t i0 = 0; i0 < n; i0 += kMaxMI) {
-        int mi = int(std::min<int64_t>(kMaxMI, n - i0));
+      dequant(w, r0, r0 + nr, tile.data(), ld, k0, k0 + kc);
+      // Blocks of x rows that stay in L2 with the tile; within one, a few tile rows stay in L1.
+      for (int64_t i1 = 0; i1 < n; i1 += kXRows) {
+        int64_t i_end = std::min(n, i1 + kXRows);
         for (int64_t q0 = 0; q0 < nr; q0 += kMaxMR) {
           int mr = int(std::min<int64_t>(kMaxMR, nr - q0));
-          kMicro[mi][mr](x + i0 * K + k0, K, tile.data() + q0 * ld + k0, ld, kc,
-                         y + i0 * w.rows + r0 + q0, w.rows, k0 > 0);
+          for (int64_t i0 = i1; i0 < i_end; i0 += kMaxMI) {
+            int mi = int(std::min<int64_t>(kMaxMI, i_end - i0));
+            kMicro[mi][mr](x + i0 * K + k0, K, tile.data() + q0 * ld, ld, kc,
+                           y + i0 * w.rows + r0 + q0, w.rows, k0 > 0);
+          }
         }
       }
     }
@@ -456,7 +465,7 @@ bool applies(const WeightView& w) { return chunks_of_16(w); }
 
 void dequantize_rows_entry(const WeightView& w, int64_t begin, int64_t end, float* out,
                            int64_t out_stride) {
-  select(w).dequant(w, begin, end, out, out_stride);
+  select(w).dequant(w, begin, end, out, out_stride, 0, w.cols);
 }
 
 LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y) {

@@ -301,12 +301,16 @@ TEST(Qmatmul, GroupsOver172ColumnsAndFallbacks) {
 }
 
 TEST(Qmatmul, LargerThanOneTile) {
-  // More columns than one pass over a tile (1024) and more rows than one tile.
+  // More columns than one tile (1024, here 1024 + 76), more rows than one tile (64 / 63), and
+  // more rows of x than one block (96).
   for (std::string s : {"int4:g128", "fp4_e2m1:g32", "int8:channel", "nvfp4", "int3:g64:asym"}) {
     std::vector<float> w = gaussian(300 * 1100, 9, 0.05f);
     QuantizedTensor q = quantize(w.data(), 300, 1100, FormatSpec::parse(s));
     for (int64_t n : {1, 5}) expect_qmatmul_within_bound(q, n, 6, s + " 300x1100");
   }
+  std::vector<float> w = gaussian(70 * 1100, 10, 0.05f);
+  QuantizedTensor q = quantize(w.data(), 70, 1100, FormatSpec::parse("int4:g64"));
+  expect_qmatmul_within_bound(q, 101, 7, "int4:g64 70x1100");
 }
 
 TEST(Qmatmul, ZeroRowsAndDefaultLevel) {
