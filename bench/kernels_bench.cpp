@@ -70,7 +70,14 @@ Blas find_blas() {
   if (auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
     set(1);
   auto config = reinterpret_cast<char* (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  b.name = config ? fmt::format("OpenBLAS ({})", config()) : "cblas";
+  auto core = reinterpret_cast<char* (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  b.name = "cblas";
+  if (config) {  // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> "OpenBLAS 0.3.21"
+    std::string c = config();
+    size_t second_space = c.find(' ', c.find(' ') + 1);
+    b.name = c.substr(0, second_space);
+    if (core) b.name += fmt::format(" ({} kernels)", core());
+  }
   return b;
 }
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;

@@ -440,11 +440,11 @@ Impl wide_impl(const WeightView& w) {
   // weights; fp7's 64 magnitudes would take 8 permutes and 7 blends per 8 weights).
   if constexpr (B == 5) {
     return e.sign_magnitude ? impl<B, Lookup::PermSign>() : impl<B, Lookup::Perm>();
+  } else if constexpr (B == 6) {
+    return e.sign_magnitude ? impl<B, Lookup::PermSign>() : impl<B, Lookup::Gather>();
+  } else {
+    return impl<B, Lookup::Gather>();
   }
-  if constexpr (B == 6) {
-    if (e.sign_magnitude) return impl<B, Lookup::PermSign>();
-  }
-  return impl<B, Lookup::Gather>();
 }
 
 Impl select(const WeightView& w) {

@@ -430,27 +430,30 @@ Impl table_impl(ScaleKind s) {
   }
 }
 
+// 5 to 8 bits: integers convert; other tables: 5 bits pre-scaled in two registers, wider ones
+// by permutes of the table itself.
+template <int B>
+Impl wide_impl(const WeightView& w) {
+  const ElementInfo& e = *w.element;
+  if (e.kind == ElementKind::SignedInt) return impl<B, Lookup::SignedInt>();
+  if (e.kind == ElementKind::UnsignedInt) return impl<B, Lookup::UnsignedInt>();
+  if constexpr (B == 5) {
+    return table_impl<B, Lookup::Table32>(scale_kind(w));
+  } else {
+    return e.sign_magnitude ? impl<B, Lookup::PermSign>() : impl<B, Lookup::Perm>();
+  }
+}
+
 Impl select(const WeightView& w) {
-  ElementKind kind = w.element->kind;
   switch (w.bits) {
     case 1: return table_impl<1, Lookup::Table16>(scale_kind(w));
     case 2: return table_impl<2, Lookup::Table16>(scale_kind(w));
     case 3: return table_impl<3, Lookup::Table16>(scale_kind(w));
     case 4: return table_impl<4, Lookup::Table16>(scale_kind(w));
-    case 5:
-      return kind == ElementKind::SignedInt     ? impl<5, Lookup::SignedInt>()
-             : kind == ElementKind::UnsignedInt ? impl<5, Lookup::UnsignedInt>()
-                                                : table_impl<5, Lookup::Table32>(scale_kind(w));
-#define LB_WIDE(B)                                                        \
-  case B:                                                                 \
-    return kind == ElementKind::SignedInt     ? impl<B, Lookup::SignedInt>() \
-           : kind == ElementKind::UnsignedInt ? impl<B, Lookup::UnsignedInt>() \
-           : w.element->sign_magnitude       ? impl<B, Lookup::PermSign>()    \
-                                              : impl<B, Lookup::Perm>();
-    LB_WIDE(6)
-    LB_WIDE(7)
-    LB_WIDE(8)
-#undef LB_WIDE
+    case 5: return wide_impl<5>(w);
+    case 6: return wide_impl<6>(w);
+    case 7: return wide_impl<7>(w);
+    case 8: return wide_impl<8>(w);
   }
   return {};
 }
