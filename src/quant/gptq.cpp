@@ -23,6 +23,7 @@
 // tensor scale is fitted once on W (dead columns zeroed).
 #include <torch/torch.h>
 
+#include <cmath>
 #include <numeric>
 
 #include "quant/grid.h"
@@ -48,6 +49,11 @@ Tensor inverse_hessian_factor(Tensor H, double damp) {
   return U;
 }
 
+// Whether every entry is finite, without a full-size temporary: NaN and +-inf reach amax / amin.
+bool all_finite(const Tensor& t) {
+  return std::isfinite(t.amax().item<double>()) && std::isfinite(t.amin().item<double>());
+}
+
 }  // namespace
 
 QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& spec,
@@ -64,12 +70,13 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   const auto dev = W.device();
   const auto dt = H.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const auto opt = torch::TensorOptions().device(dev).dtype(dt);
+  const auto f32 = opt.dtype(torch::kFloat32);
 
-  Tensor Wf = W.to(torch::kFloat32);
-  if (!torch::isfinite(Wf).all().item<bool>()) fail("only finite weights can be quantized");
+  Tensor Wf = W.to(torch::kFloat32).contiguous();
+  if (!all_finite(Wf)) fail("only finite weights can be quantized");
   Tensor Hd = H.to(opt, /*non_blocking=*/false, /*copy=*/true);
-  if (!torch::isfinite(Hd).all().item<bool>()) fail("GPTQ: H has non-finite entries");
-  Tensor Wt = Wf.t().to(opt, false, true).contiguous();  // [cols, rows], column j = Wt[j]
+  if (!all_finite(Hd)) fail("GPTQ: H has non-finite entries");
+  Tensor Wt = Wf.t().contiguous().to(dt);  // [cols, rows]: column j is the contiguous row Wt[j]
   Tensor dead = Hd.diagonal().eq(0);
   if (dead.any().item<bool>()) {
     Hd.diagonal().masked_fill_(dead, 1.0);
@@ -78,7 +85,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
 
   FormatGrid fg(spec, dev);
   QuantOutcome out;
-  out.tensor_scale = fg.tensor_scale(Wt.to(torch::kFloat32));
+  out.tensor_scale = fg.tensor_scale(Wt);
   const RtnOptions& ro = options.rtn;
   const bool per_tensor = spec.granularity == Granularity::Tensor;
   const int64_t g = spec.granularity == Granularity::Group ? spec.group_size : cols;
@@ -98,15 +105,15 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   if (fit_up_front)
     for (int64_t k = 0; k < ngroups; ++k) params[k] = fit(Wt.narrow(0, k * g, std::min(g, cols - k * g)));
 
-  std::vector<int64_t> perm(static_cast<size_t>(cols)), pos(static_cast<size_t>(cols));  // pos: permuted position of a column
-  std::iota(perm.begin(), perm.end(), 0);
+  std::vector<int64_t> perm(static_cast<size_t>(cols)), pos(static_cast<size_t>(cols));
+  std::iota(perm.begin(), perm.end(), 0);  // perm[j]: column at position j; pos: its inverse
+  Tensor perm_t;
   if (o.act_order) {
-    Tensor p = std::get<1>(Hd.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    p = p.to(torch::kCPU, torch::kInt64).contiguous();
+    perm_t = std::get<1>(Hd.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    Tensor p = perm_t.to(torch::kCPU, torch::kInt64).contiguous();
     std::copy(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + cols, perm.begin());
-    Tensor pt = p.to(dev);
-    Wt = Wt.index_select(0, pt);
-    Hd = Hd.index_select(0, pt).index_select(1, pt);
+    Wt = Wt.index_select(0, perm_t);
+    Hd = Hd.index_select(0, perm_t).index_select(1, perm_t);
   }
   for (int64_t j = 0; j < cols; ++j) pos[perm[j]] = j;
   // fit_at[j]: the group fitted when position j is reached (dynamic groups), or -1.
@@ -122,12 +129,15 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   Tensor Ud = U.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
   const double* ud = Ud.data_ptr<double>();
 
-  Tensor codes_t = torch::empty({cols, rows}, opt.dtype(torch::kUInt8));
-  Tensor deq_t = torch::empty({cols, rows}, opt.dtype(torch::kFloat32));
+  // Outputs in the original layout, written a block at a time. Per column only the grid value
+  // and the dequantized value are computed; codes come from the grid values once per block.
+  Tensor codes = torch::empty({rows, cols}, opt.dtype(torch::kUInt8));
+  out.dequantized = torch::empty({rows, cols}, f32);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
     Tensor W1 = Wt.narrow(0, i1, count);  // updated in place
     Tensor Err1 = torch::zeros({count, rows}, opt);
+    Tensor V1 = torch::empty({count, rows}, f32), Q1 = torch::empty({count, rows}, f32);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t j = i1 + i;
       if (int64_t k = fit_at[j]; k >= 0) {
@@ -145,28 +155,32 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
         }
         params[k] = fit(vals);
       }
-      const SlotParams& p = params[perm[j] / g];
-      Tensor w = W1[i];
-      Tensor c, q;
-      fg.quantize(w.to(torch::kFloat32), p, &c, &q);
-      codes_t[j].copy_(c);
-      deq_t[j].copy_(q);
+      Tensor w = W1[i], v, q;
+      fg.quantize_values(w.to(torch::kFloat32), params[perm[j] / g], &v, &q);
+      V1[i].copy_(v);
+      Q1[i].copy_(q);
       Tensor err = Err1[i];
       err.copy_(w).sub_(q).div_(ud[j]);
       if (i + 1 < count)
         W1.narrow(0, i + 1, count - i - 1).addr_(U[j].narrow(0, j + 1, count - i - 1), err, 1, -1);
     }
     if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
+    Tensor C1 = fg.codes_of(V1).t();
+    if (o.act_order) {
+      Tensor where = perm_t.narrow(0, i1, count);
+      codes.index_copy_(1, where, C1.to(torch::kUInt8));
+      out.dequantized.index_copy_(1, where, Q1.t());
+    } else {
+      codes.narrow(1, i1, count).copy_(C1);
+      out.dequantized.narrow(1, i1, count).copy_(Q1.t());
+    }
   }
-
-  if (o.act_order) {
-    Tensor inv = torch::tensor(pos).to(dev);
-    codes_t = codes_t.index_select(0, inv);
-    deq_t = deq_t.index_select(0, inv);
+  out.codes = codes;
+  // Squared error in row chunks (no full-size temporary).
+  for (int64_t r0 = 0; r0 < rows; r0 += 256) {
+    int64_t n = std::min<int64_t>(256, rows - r0);
+    out.squared_error += (out.dequantized.narrow(0, r0, n) - Wf.narrow(0, r0, n)).square_().sum().item<double>();
   }
-  out.codes = codes_t.t().contiguous();
-  out.dequantized = deq_t.t().contiguous();
-  out.squared_error = (out.dequantized - Wf).square_().sum(torch::kFloat64).item<double>();
   // Slots in spec.h order: row-major [rows, groups]; one slot per tensor.
   std::vector<Tensor> scales, zeros;
   for (const SlotParams& p : params) {

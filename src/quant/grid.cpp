@@ -141,6 +141,16 @@ void Grid::encode(const Tensor& t, Tensor* codes, Tensor* values) const {
       return;
     }
     case Kind::Minifloat: {
+      if (!codes) {
+        // Values only (the common case inside GPTQ and error-only passes), in float ops:
+        // ulp = 2^(e - m) with 2^e = |t|'s leading power of two, clamped to [2^emin, 2^emax];
+        // v = round(|t| / ulp) * ulp (exact: powers of two), saturated, with t's sign (-0 too).
+        Tensor a = t.abs();
+        Tensor ulp = bits_of(a).bitwise_and(0x7F800000).view(torch::kFloat32)
+                         .clamp_(std::ldexp(1.0f, emin_), std::ldexp(1.0f, emax_)).mul_(std::ldexp(1.0f, -man_bits_));
+        *values = a.div_(ulp).round_().mul_(ulp).clamp_max_(codec_.max()).copysign_(t);
+        return;
+      }
       // e = floor(log2 |t|) clamped to [emin, emax]; n = |t| / 2^(e - m) rounded half-to-even,
       // i.e. the mantissa with its implicit bit; code = n + (e - emin) * 2^m, saturated.
       Tensor a = t.abs();
@@ -150,7 +160,7 @@ void Grid::encode(const Tensor& t, Tensor* codes, Tensor* values) const {
       Tensor c = e.sub_(emin_).mul_(1 << man_bits_).add_(n.to(torch::kInt32)).clamp_max_(max_mag_code_);
       c.add_(bits_of(t).lt(0).to(torch::kInt32).mul_(sign_code_));  // sign bit, -0 included
       if (values) *values = gather(value_of_code_, c);
-      if (codes) *codes = std::move(c);
+      *codes = std::move(c);
       return;
     }
     case Kind::Lookup:
@@ -287,6 +297,26 @@ void FormatGrid::quantize(const Tensor& x, const SlotParams& p, Tensor* codes, T
   if (dequantized) *dequantized = values.mul_(p.step);
 }
 
-// ---------------------------------------------------------------------------------------------
+void FormatGrid::quantize_values(const Tensor& x, const SlotParams& p, Tensor* grid_values,
+                                 Tensor* dequantized) const {
+  Tensor t = x / p.step;
+  if (p.any_zero_step) t.masked_fill_(p.step.eq(0), 0.0f);
+  Tensor v;
+  if (spec_.asymmetric) {
+    v = t.round_().add_(p.zero).clamp_(0, spec_.codec().max());
+    if (dequantized) *dequantized = (v - p.zero).mul_(p.step);
+  } else {
+    grid_.encode(t, nullptr, &v);
+    if (dequantized) *dequantized = v * p.step;
+  }
+  if (grid_values) *grid_values = std::move(v);
+}
+
+Tensor FormatGrid::codes_of(const Tensor& grid_values) const {
+  if (spec_.asymmetric) return grid_values.to(torch::kInt32);
+  Tensor codes;
+  grid_.encode(grid_values, &codes, nullptr);  // a grid value encodes to its own code
+  return codes;
+}
 
 }  // namespace lowbit

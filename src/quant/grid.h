@@ -79,6 +79,13 @@ class FormatGrid {
   void quantize(const torch::Tensor& x, const SlotParams& p, torch::Tensor* codes,
                 torch::Tensor* dequantized) const;
 
+  // quantize() in two halves, for column-at-a-time callers (GPTQ): per column the grid value
+  // (the code as a float for asymmetric integers; -0 kept) and the dequantized value, then the
+  // codes of many columns' grid values at once.
+  void quantize_values(const torch::Tensor& x, const SlotParams& p, torch::Tensor* grid_values,
+                       torch::Tensor* dequantized) const;
+  torch::Tensor codes_of(const torch::Tensor& grid_values) const;
+
  private:
   void check_finite(const torch::Tensor& scale, const torch::Tensor& amax) const;
 

@@ -12,23 +12,6 @@
 
 namespace lowbit {
 
-namespace {
-
-QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
-  torch::Tensor codes = r.codes.to(torch::kCPU, torch::kUInt8).contiguous();
-  torch::Tensor scale = r.scale.to(torch::kCPU, torch::kFloat32).contiguous();
-  torch::Tensor zero = spec.asymmetric ? r.zero.to(torch::kCPU, torch::kInt32).contiguous() : torch::Tensor();
-  std::vector<GroupParams> params(size_t(scale.numel()));
-  const float* s = scale.data_ptr<float>();
-  for (size_t i = 0; i < params.size(); ++i) {
-    params[i].scale = s[i];
-    if (spec.asymmetric) params[i].zero = zero.data_ptr<int32_t>()[i];
-  }
-  return QuantizedTensor::from_codes(spec, rows, cols, codes.data_ptr<uint8_t>(), params, r.tensor_scale);
-}
-
-}  // namespace
-
 double output_error(const torch::Tensor& dW, const torch::Tensor& H) {
   if (dW.dim() != 2 || H.dim() != 2 || H.size(0) != dW.size(1) || H.size(1) != dW.size(1))
     fail("output_error: H must be {}x{} for a {}x{} weight difference", dW.size(1), dW.size(1),
@@ -46,16 +29,45 @@ double output_error(const torch::Tensor& dW, const torch::Tensor& H) {
   return total;
 }
 
-LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
-                                const torch::Tensor& H) {
-  QuantOutcome r = options.method == QuantMethod::GPTQ ? quantize_gptq(W, H, spec, options)
-                                                       : quantize_rtn(W, spec, options.rtn);
+namespace {
+
+QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
+  torch::Tensor codes = r.codes.to(torch::kCPU, torch::kUInt8).contiguous();
+  torch::Tensor scale = r.scale.to(torch::kCPU, torch::kFloat32).contiguous();
+  torch::Tensor zero = spec.asymmetric ? r.zero.to(torch::kCPU, torch::kInt32).contiguous() : torch::Tensor();
+  std::vector<GroupParams> params(size_t(scale.numel()));
+  const float* s = scale.data_ptr<float>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].scale = s[i];
+    if (spec.asymmetric) params[i].zero = zero.data_ptr<int32_t>()[i];
+  }
+  return QuantizedTensor::from_codes(spec, rows, cols, codes.data_ptr<uint8_t>(), params, r.tensor_scale);
+}
+
+QuantOutcome run(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
+                 const torch::Tensor& H) {
+  return options.method == QuantMethod::GPTQ ? quantize_gptq(W, H, spec, options)
+                                             : quantize_rtn(W, spec, options.rtn);
+}
+
+// Everything but the stored form, which is packed separately (it costs as much as RTN itself).
+LayerQuantResult result_of(const torch::Tensor& W, QuantOutcome& r, const LayerQuantOptions& options,
+                           const torch::Tensor& H) {
   LayerQuantResult out;
-  out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
   out.dequantized = r.dequantized;
   out.weight_mse = r.squared_error / double(W.numel());
   if (H.defined() && options.compute_output_error)
     out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+  return out;
+}
+
+}  // namespace
+
+LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
+                                const torch::Tensor& H) {
+  QuantOutcome r = run(W, spec, options, H);
+  LayerQuantResult out = result_of(W, r, options, H);
+  out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
   return out;
 }
 
@@ -66,15 +78,19 @@ MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& 
   LayerQuantOptions o = options;
   o.compute_output_error = metric == MofqMetric::OutputError || options.compute_output_error;
   MofqChoice choice;
+  QuantOutcome best;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    LayerQuantResult r = quantize_layer(W, candidates[i], o, H);
-    double e = metric == MofqMetric::OutputError ? r.output_error : r.weight_mse;
+    QuantOutcome r = run(W, candidates[i], o, H);
+    LayerQuantResult res = result_of(W, r, o, H);
+    double e = metric == MofqMetric::OutputError ? res.output_error : res.weight_mse;
     choice.errors.push_back(e);
-    if (i == 0 || e < choice.errors[choice.best]) {
+    if (i == 0 || e < choice.errors[choice.best]) {  // strict: ties keep the first
       choice.best = i;
-      choice.result = std::move(r);
+      choice.result = std::move(res);
+      best = std::move(r);
     }
   }
+  choice.result.q = to_quantized_tensor(candidates[choice.best], W.size(0), W.size(1), best);
   return choice;
 }
 

@@ -83,9 +83,13 @@ TEST(Grid, EncodeMatchesScalarCodecForEveryCodec) {
                       << codec->decode(want);
       }
     }
-    // round_to_grid: the same values, same dtype; NaN -> NaN code or an error.
+    // The values-only path and round_to_grid: the same values, bit for bit (-0 included).
+    torch::Tensor values_only;
+    grid.encode(t, nullptr, &values_only);
+    EXPECT_TRUE(torch::equal(values_only.view(torch::kInt32), values.view(torch::kInt32))) << codec->name();
     torch::Tensor r = round_to_grid(t, *codec);
-    EXPECT_TRUE(torch::equal(r, values)) << codec->name();
+    EXPECT_TRUE(torch::equal(r.view(torch::kInt32), values.view(torch::kInt32))) << codec->name();
+    // NaN -> NaN code or an error.
     torch::Tensor with_nan = torch::tensor({1.0f, NAN});
     if (codec->nan_code()) {
       EXPECT_TRUE(std::isnan(round_to_grid(with_nan, *codec)[1].item<float>())) << codec->name();
