@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -196,6 +198,34 @@ TEST(Dispatch, ForcingAndRestoring) {
     if (!simd_level_supported(l)) {
       EXPECT_THROW(force_simd_level(l), Error);
     }
+  }
+}
+
+TEST(Dispatch, ForcedLevelIsTheOneThatRuns) {
+  // The default-level entry points follow force_simd_level: same bits as naming the level.
+  std::vector<float> w = gaussian(9 * 172, 12, 0.05f);
+  QuantizedTensor q = quantize(w.data(), 9, 172, FormatSpec::parse("fp4_e2m1:g32"));
+  std::vector<float> x = gaussian(5 * 172, 13);
+  for (SimdLevel l : supported_levels()) {
+    for (int64_t n : {1, 5}) {
+      std::vector<float> named(size_t(n * 9)), forced(size_t(n * 9));
+      qmatmul(x.data(), n, q, named.data(), l);
+      ScopedSimdLevel guard(l);
+      qmatmul(x.data(), n, q, forced.data());
+      EXPECT_EQ(0, std::memcmp(named.data(), forced.data(), named.size() * sizeof(float)))
+          << simd_level_name(l) << " n=" << n;
+    }
+  }
+  // The levels sum in different orders, so at least one pair differs somewhere: proof that
+  // forcing switches code paths (and not only the name).
+  std::vector<std::vector<float>> ys;
+  for (SimdLevel l : supported_levels()) {
+    ScopedSimdLevel guard(l);
+    ys.emplace_back(size_t(5 * 9));
+    qmatmul(x.data(), 5, q, ys.back().data());
+  }
+  if (ys.size() > 1) {
+    EXPECT_NE(0, std::memcmp(ys.front().data(), ys.back().data(), ys.front().size() * sizeof(float)));
   }
 }
 
