@@ -19,8 +19,9 @@
 //    than a block, reads the block's stale copy instead; we use the current values). With
 //    act_order the reference groups consecutive *permuted* columns and stores a g_idx; here the
 //    group is still the original columns, fitted when its first column in permuted order comes.
-// Channel and tensor granularity are one group of all columns, fitted at the start. The NVFP4
-// tensor scale is fitted once on W (dead columns zeroed).
+// Channel and tensor granularity are one group of all columns, fitted at the start. Fits and the
+// NVFP4 tensor scale (fitted once, up front) see W with dead columns already zeroed (the
+// reference fits per-channel scales before zeroing them).
 #include <torch/torch.h>
 
 #include <cmath>

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "util/error.h"
+#include "util/half.h"
 
 namespace lowbit {
 
@@ -141,26 +142,23 @@ void Grid::encode(const Tensor& t, Tensor* codes, Tensor* values) const {
       return;
     }
     case Kind::Minifloat: {
-      if (!codes) {
-        // Values only (the common case inside GPTQ and error-only passes), in float ops:
-        // ulp = 2^(e - m) with 2^e = |t|'s leading power of two, clamped to [2^emin, 2^emax];
-        // v = round(|t| / ulp) * ulp (exact: powers of two), saturated, with t's sign (-0 too).
-        Tensor a = t.abs();
-        Tensor ulp = bits_of(a).bitwise_and(0x7F800000).view(torch::kFloat32)
-                         .clamp_(std::ldexp(1.0f, emin_), std::ldexp(1.0f, emax_)).mul_(std::ldexp(1.0f, -man_bits_));
-        *values = a.div_(ulp).round_().mul_(ulp).clamp_max_(codec_.max()).copysign_(t);
-        return;
-      }
-      // e = floor(log2 |t|) clamped to [emin, emax]; n = |t| / 2^(e - m) rounded half-to-even,
-      // i.e. the mantissa with its implicit bit; code = n + (e - emin) * 2^m, saturated.
+      // In float ops only: ulp = 2^(e - m), with 2^e = |t|'s leading power of two clamped to
+      // [2^emin, 2^emax]; n = |t| / ulp rounded half-to-even is the mantissa with its implicit bit
+      // (exact: powers of two). value = n * ulp saturated, with t's sign (-0 too);
+      // code = n + (e - emin) * 2^m (one formula for subnormals and binade carries), saturated,
+      // where (e - emin) * 2^23 = bits(2^e) - bits(2^emin) exactly.
+      const float two_emin = std::ldexp(1.0f, emin_);
       Tensor a = t.abs();
-      Tensor e = bits_of(a).bitwise_right_shift(23).sub_(127).clamp_(emin_, emax_);
-      Tensor inv_ulp = e.neg().add_(127 + man_bits_).mul_(1 << 23).view(torch::kFloat32);
-      Tensor n = a.mul_(inv_ulp).round_().clamp_max_(float(2 << man_bits_));
-      Tensor c = e.sub_(emin_).mul_(1 << man_bits_).add_(n.to(torch::kInt32)).clamp_max_(max_mag_code_);
-      c.add_(bits_of(t).lt(0).to(torch::kInt32).mul_(sign_code_));  // sign bit, -0 included
-      if (values) *values = gather(value_of_code_, c);
-      *codes = std::move(c);
+      Tensor p2 = bits_of(a).bitwise_and(0x7F800000).view(torch::kFloat32).clamp_(two_emin, std::ldexp(1.0f, emax_));
+      Tensor ulp = p2 * std::ldexp(1.0f, -man_bits_);
+      Tensor n = a.div_(ulp).round_();
+      if (codes) {
+        Tensor c = bits_of(p2).sub_(int32_t(float_to_bits(two_emin))).to(torch::kFloat32)
+                       .mul_(std::ldexp(1.0f, man_bits_ - 23)).add_(n).clamp_max_(float(max_mag_code_));
+        c.add_(torch::signbit(t), float(sign_code_));  // the sign bit, -0 included
+        *codes = c.to(torch::kInt32);
+      }
+      if (values) *values = n.mul_(ulp).clamp_max_(codec_.max()).copysign_(t);
       return;
     }
     case Kind::Lookup:

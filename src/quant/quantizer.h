@@ -5,9 +5,13 @@
 //
 //   RTN   round to nearest, optionally with an MSE-optimal clipping search per scale slot
 //   GPTQ  Frantar et al. 2022: Hessian-based error compensation, column by column
+//         (src/quant/gptq.cpp says exactly how it follows IST-DASLab/gptq's fasterquant)
 //
-// Weights are [rows = out features, cols = in features]. H is the Hessian proxy of the layer's
-// inputs, H = 2/n Σ x xᵀ over n calibration tokens ([cols, cols], float32 or float64).
+// Weights are [rows = out features, cols = in features], any float dtype, quantized as float32
+// values; they must be finite. H is the Hessian proxy of the layer's inputs,
+// H = 2/n Σ x xᵀ over n calibration tokens ([cols, cols], float32 or float64). GPTQ runs in H's
+// dtype (float64 for checking against a float64 reference, float32 in production).
+// Implementation: grid.h (vectorized formats), rtn.cpp, gptq.cpp, quantizer.cpp.
 #include <torch/types.h>
 
 #include <limits>
@@ -30,7 +34,10 @@ struct GptqOptions {
   double damp = 0.01;          // added to the diagonal: damp * mean(diag(H))
   int block_size = 128;        // columns per lazy-update block
   bool act_order = false;      // quantize columns in order of decreasing diag(H)
-  bool static_groups = false;  // with act_order: fit every group's scale up front
+  // Scale groups are always runs of ORIGINAL columns (spec.h slot_index; no g_idx). Dynamic
+  // (default): a group is fitted on the current, error-updated weights when the first of its
+  // columns is reached. Static: every group fitted up front on W (with or without act_order).
+  bool static_groups = false;
 };
 
 struct LayerQuantOptions {
@@ -49,7 +56,9 @@ struct LayerQuantResult {
   double output_error = std::numeric_limits<double>::quiet_NaN();  // tr(ΔW H ΔWᵀ), if H given
 };
 
-// H is required for GPTQ and optional for RTN (then output_error is filled in).
+// H is required for GPTQ and optional for RTN (then output_error is filled in). Throws
+// lowbit::Error for non-finite weights, scales beyond fp16 (as the reference does), a wrongly
+// shaped H, or an H that damping does not make positive definite.
 LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
                                 const torch::Tensor& H = {});
 
@@ -57,7 +66,8 @@ LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, 
 double output_error(const torch::Tensor& dW, const torch::Tensor& H);
 
 // MoFQ (Zhang et al. 2023): quantize with every candidate format and keep the one with the least
-// error under the metric. errors[i] belongs to candidates[i].
+// error under the metric (the first on ties), by options.method (RTN or GPTQ). errors[i] belongs
+// to candidates[i]; OutputError needs H. Only the chosen format's stored form is built.
 enum class MofqMetric { WeightMse, OutputError };
 struct MofqChoice {
   size_t best = 0;
@@ -68,8 +78,9 @@ MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& 
                          const LayerQuantOptions& options, const torch::Tensor& H = {});
 
 // Element-wise round-to-grid of already-scaled values (x / step) with the codec's exact rules
-// (nearest, ties to even, saturation): what activation fake-quantization and the vectorized
-// quantizers use. Returns decoded grid values, same shape and dtype as x.
+// (nearest, ties to even, saturation, -0 kept): what activation fake-quantization and the
+// vectorized quantizers use. Returns decoded grid values, same shape and dtype as x. NaN gives
+// NaN where the codec has a NaN code (fp8) and throws lowbit::Error otherwise.
 torch::Tensor round_to_grid(const torch::Tensor& x, const Codec& codec);
 
 }  // namespace lowbit

@@ -359,6 +359,21 @@ TEST(Gptq, DiagonalHessianGivesExactlyRtn) {
     }
 }
 
+// The same with the clip search, which GPTQ applies when it fits a group.
+TEST(Gptq, DiagonalHessianWithClipSearchGivesExactlyRtn) {
+  torch::Tensor W = test_weights(16, 172, 9);
+  torch::Tensor H = torch::diag(torch::rand({172}) + 0.5);
+  for (const char* s : {"int4:g64:sym", "int3:g32:asym", "fp4_e2m1:channel", "nf4:g64", "mxfp4", "nvfp4"}) {
+    FormatSpec spec = FormatSpec::parse(s);
+    LayerQuantOptions o;
+    o.rtn.clip_search = true;
+    LayerQuantResult rtn = quantize_layer(W, spec, o);
+    o.method = QuantMethod::GPTQ;
+    o.gptq.act_order = true;
+    expect_same_quantized(quantize_layer(W, spec, o, H).q, rtn.q, s);
+  }
+}
+
 TEST(Gptq, DeadColumnsAreZeroed) {
   Layer l = random_layer(32, 128, 4);
   for (int c : {0, 17, 127}) {
