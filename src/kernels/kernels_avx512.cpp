@@ -105,6 +105,14 @@ LB_TARGET LB_INLINE __m512i codes16(const uint8_t* p) {
   }
 }
 
+// v[i] = bit `bit` of idx ? v[2i + 1] : v[2i], for i < N / 2.
+template <int N>
+LB_TARGET LB_INLINE void merge_on_bit(__m512* v, __m512i idx, int bit) {
+  __mmask16 upper = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
+  #pragma GCC unroll 8
+  for (int i = 0; i < N / 2; ++i) v[i] = _mm512_mask_blend_ps(upper, v[2 * i], v[2 * i + 1]);
+}
+
 // Unscaled values of 16 codes from the table itself: one vpermt2ps per 32 entries, merged by
 // the index bits above 5. PermSign looks up the code without its top bit in the first half of
 // the table and flips the sign bit for codes with it (is_sign_magnitude() holds).
@@ -117,14 +125,9 @@ LB_TARGET LB_INLINE __m512 table_lookup(__m512i idx, const float* lut) {
   for (int t = 0; t < NT; ++t)
     v[t] = _mm512_permutex2var_ps(_mm512_load_ps(lut + 32 * t), idx, _mm512_load_ps(lut + 32 * t + 16));
   // Halve the candidates on index bits 5, 6, 7 in turn.
-  auto merge = [&](int bit, int n) LB_TARGET {
-    __mmask16 upper = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
-    #pragma GCC unroll 8
-    for (int i = 0; i < n / 2; ++i) v[i] = _mm512_mask_blend_ps(upper, v[2 * i], v[2 * i + 1]);
-  };
-  if constexpr (NT >= 2) merge(5, NT);
-  if constexpr (NT >= 4) merge(6, NT / 2);
-  if constexpr (NT >= 8) merge(7, NT / 4);
+  if constexpr (NT >= 2) merge_on_bit<NT>(v, idx, 5);
+  if constexpr (NT >= 4) merge_on_bit<NT / 2>(v, idx, 6);
+  if constexpr (NT >= 8) merge_on_bit<NT / 4>(v, idx, 7);
   if constexpr (L == Lookup::PermSign) {
     // v ^ ((idx << (32 - B)) & sign bit)
     __m512i sign = _mm512_slli_epi32(idx, 32 - B);
