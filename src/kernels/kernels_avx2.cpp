@@ -263,9 +263,19 @@ LB_TARGET LB_INLINE V16 load_x_tail(const float* x, int64_t len) {
   return {_mm256_load_ps(tmp), _mm256_load_ps(tmp + 8)};
 }
 
+// 4-bit codes: 8 bytes widen to 8 lanes of two codes each; the table look-up of a lane gives the
+// even column's weight (it reads only the low 4 bits), and of the lane shifted by 4 the odd
+// column's. x is read in the matching order from xp: each block of 16 columns as its 8 even
+// columns, then its 8 odd ones. Fewer shuffles than decoding the columns in their order.
+void pair_order(const float* x, int64_t cols, float* xp) {
+  for (int64_t c = 0; c + 16 <= cols; c += 16)
+    for (int j = 0; j < 8; ++j) xp[c + j] = x[c + 2 * j], xp[c + 8 + j] = x[c + 2 * j + 1];
+}
+
 // y[r] = x · Ŵ[r] for every row, two rows at a time (the last block repeats its last row).
+// xp: x in pair order for 4-bit codes, else null.
 template <int B, Lookup L, ScaleKind S>
-LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
+LB_TARGET void gemv(const float* x, const float* xp, const WeightView& w, float* y) {
   constexpr int R = 2;
   for (int64_t r0 = 0; r0 < w.rows; r0 += R) {
     const uint8_t* rp[R];
@@ -286,12 +296,24 @@ LB_TARGET void gemv(const float* x, const WeightView& w, float* y) {
       for (int k = 0; k < R; ++k) setup<L, S>(s[k], w.lut, pr[k], j);
       int64_t c = w.seg_begin(j), stop = c + w.seg_size(j);
       for (; c + 16 <= stop && c <= fast; c += 16) {
-        __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
-        #pragma GCC unroll 16
-        for (int k = 0; k < R; ++k) {
-          V16 v = decode16<B, L>(rp[k] + c * B / 8, s[k], w.lut);
-          acc0[k] = _mm256_fmadd_ps(v.a, xa, acc0[k]);
-          acc1[k] = _mm256_fmadd_ps(v.b, xb, acc1[k]);
+        if constexpr (B == 4 && L == Lookup::Table16) {
+          __m256 xe = _mm256_loadu_ps(xp + c), xo = _mm256_loadu_ps(xp + c + 8);
+          #pragma GCC unroll 16
+          for (int k = 0; k < R; ++k) {
+            __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rp[k] + c / 2));
+            __m256i two = _mm256_cvtepu8_epi32(bytes);
+            acc0[k] = _mm256_fmadd_ps(lookup8<B, L>(two, bytes, s[k], w.lut), xe, acc0[k]);
+            acc1[k] = _mm256_fmadd_ps(lookup8<B, L>(_mm256_srli_epi32(two, 4), bytes, s[k], w.lut),
+                                      xo, acc1[k]);
+          }
+        } else {
+          __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
+          #pragma GCC unroll 16
+          for (int k = 0; k < R; ++k) {
+            V16 v = decode16<B, L>(rp[k] + c * B / 8, s[k], w.lut);
+            acc0[k] = _mm256_fmadd_ps(v.a, xa, acc0[k]);
+            acc1[k] = _mm256_fmadd_ps(v.b, xb, acc1[k]);
+          }
         }
       }
       for (; c < stop; c += 16) {
@@ -367,7 +389,7 @@ constexpr MicroFn kMicroRow[kMaxMR + 1] = {nullptr, micro<MI, 1>, micro<MI, 2>, 
 constexpr const MicroFn* kMicro[kMaxMI + 1] = {nullptr, kMicroRow<1>, kMicroRow<2>, kMicroRow<3>};
 
 using DequantFn = void (*)(const WeightView&, int64_t, int64_t, float*, int64_t, int64_t, int64_t);
-using GemvFn = void (*)(const float*, const WeightView&, float*);
+using GemvFn = void (*)(const float*, const float*, const WeightView&, float*);
 
 // GEMM tiles: 63 rows x 1024 columns of dequantized weights (252-256 KB, for L2), each
 // multiplied with every row of x before the next is decoded. A weight of x is then loaded once
@@ -471,7 +493,11 @@ void dequantize_rows_entry(const WeightView& w, int64_t begin, int64_t end, floa
 LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y) {
   Impl f = select(w);
   if (n >= kGemmMinN) return gemm(x, n, w, y, f.dequant);
-  for (int64_t i = 0; i < n; ++i) f.gemv(x + i * w.cols, w, y + i * w.rows);
+  std::vector<float> xp(w.bits == 4 ? size_t(w.cols) : 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!xp.empty()) pair_order(x + i * w.cols, w.cols, xp.data());
+    f.gemv(x + i * w.cols, xp.empty() ? nullptr : xp.data(), w, y + i * w.rows);
+  }
 }
 
 }  // namespace
