@@ -398,8 +398,8 @@ constexpr int64_t kTileRows = 63;  // a multiple of the micro-kernel's rows
 constexpr int64_t kKc = 1024;       // a multiple of 16
 constexpr int64_t kXRows = 96;      // rows of x per block: 96 x 1024 floats, 384 KB (a multiple of 12)
 // From this many rows of x on, GEMM on dequantized tiles; below, one fused pass per row of x
-// (measured on Zen 5: the tile pays off from n = 2).
-constexpr int64_t kGemmMinN = 2;
+// (measured on Zen 5, 4096 x 4096: about even at n = 2, the tiles ahead from n = 3).
+constexpr int64_t kGemmMinN = 3;
 
 // y = x · Ŵᵀ through dequantized tiles: each weight is decoded once, then multiplied with every
 // row of x in fp32.
