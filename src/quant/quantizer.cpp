@@ -31,17 +31,41 @@ double output_error(const torch::Tensor& dW, const torch::Tensor& H) {
 
 namespace {
 
+// packing.h's layout for 2-, 4- and 8-bit codes with torch ops (the scalar pack_codes costs as
+// much as RTN itself on a 4096 x 4096 matrix); other widths use pack_codes.
+std::vector<uint8_t> pack(const torch::Tensor& codes, int bits) {
+  const int64_t rows = codes.size(0), cols = codes.size(1);
+  if (bits != 2 && bits != 4 && bits != 8)
+    return pack_codes(codes.data_ptr<uint8_t>(), rows, cols, bits);
+  const int64_t per_byte = 8 / bits, row_bytes = packed_row_bytes(cols, bits);
+  torch::Tensor c = codes;
+  if (cols % per_byte) c = torch::constant_pad_nd(c, {0, per_byte - cols % per_byte});  // zero high bits
+  c = c.view({rows, row_bytes, per_byte});
+  torch::Tensor packed = c.select(2, 0).clone();
+  for (int64_t k = 1; k < per_byte; ++k) packed.add_(c.select(2, k) * uint8_t(1 << (k * bits)));
+  packed = packed.contiguous();
+  return std::vector<uint8_t>(packed.data_ptr<uint8_t>(), packed.data_ptr<uint8_t>() + packed.numel());
+}
+
+// The stored form; every scale and zero point is validated (make_group_params), as from_codes does.
 QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
   torch::Tensor codes = r.codes.to(torch::kCPU, torch::kUInt8).contiguous();
   torch::Tensor scale = r.scale.to(torch::kCPU, torch::kFloat32).contiguous();
-  torch::Tensor zero = spec.asymmetric ? r.zero.to(torch::kCPU, torch::kInt32).contiguous() : torch::Tensor();
-  std::vector<GroupParams> params(size_t(scale.numel()));
-  const float* s = scale.data_ptr<float>();
-  for (size_t i = 0; i < params.size(); ++i) {
-    params[i].scale = s[i];
-    if (spec.asymmetric) params[i].zero = zero.data_ptr<int32_t>()[i];
+  if (int64_t(scale.numel()) != num_slots(spec, rows, cols)) fail("internal: wrong number of scales");
+  if (codes.max().item<int>() >= (1 << spec.bits())) fail("internal: a code beyond {} bits", spec.bits());
+  QuantizedTensor q;
+  q.spec = spec;
+  q.rows = rows, q.cols = cols;
+  q.tensor_scale = r.tensor_scale;
+  q.scales.assign(scale.data_ptr<float>(), scale.data_ptr<float>() + scale.numel());
+  if (spec.asymmetric) {
+    torch::Tensor zero = r.zero.to(torch::kCPU, torch::kUInt8).contiguous();
+    q.zeros.assign(zero.data_ptr<uint8_t>(), zero.data_ptr<uint8_t>() + zero.numel());
   }
-  return QuantizedTensor::from_codes(spec, rows, cols, codes.data_ptr<uint8_t>(), params, r.tensor_scale);
+  for (size_t i = 0; i < q.scales.size(); ++i)
+    make_group_params(spec, q.scales[i], spec.asymmetric ? q.zeros[i] : 0, q.tensor_scale);
+  q.codes = pack(codes, spec.bits());
+  return q;
 }
 
 QuantOutcome run(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,

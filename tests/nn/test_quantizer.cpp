@@ -178,6 +178,17 @@ TEST(Rtn, BitExactWithScalarReferenceForEveryFamilyAndGranularity) {
   }
 }
 
+// Odd row lengths: partial groups and the packing of a row's last byte.
+TEST(Rtn, BitExactOnOddRowLengths) {
+  torch::Tensor w = test_weights(9, 173, 3);
+  std::vector<float> wv(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+  for (const char* s : {"int2:g32:asym", "int3:g64", "int4:g32", "int4:channel:asym", "int8:g128", "fp4_e2m1:g64",
+                        "nf4:g64", "fp6_e3m2:tensor", "mxfp4", "nvfp4", "mxfp8_e4m3"}) {
+    FormatSpec spec = FormatSpec::parse(s);
+    expect_same_quantized(quantize_layer(w, spec, {}).q, quantize(wv.data(), 9, 173, spec), s);
+  }
+}
+
 TEST(Rtn, FailsLikeTheReference) {
   torch::Tensor w = torch::randn({4, 64});
   w[1][3] = NAN;
