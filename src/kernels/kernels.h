@@ -18,7 +18,8 @@
 // per-channel and per-tensor scales, and a partial last group; other group sizes (g24, g100)
 // run the scalar kernels at any level.
 //
-// Kernels are single-threaded; callers may split rows (dequantize_rows) across threads.
+// Kernels are single-threaded and reentrant: callers may run them on several threads at once
+// (disjoint rows of x for qmatmul, row ranges for dequantize_rows).
 #include <cstdint>
 #include <optional>
 #include <string_view>
