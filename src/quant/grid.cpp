@@ -53,7 +53,6 @@ Grid::Grid(const Codec& codec, torch::Device device) : codec_(codec) {
   value_of_code_ = f32_tensor(values, device);
   const std::vector<float>& grid = codec.grid();
   int b = codec.bits();
-  auto split = minifloat_split(codec);
   if (b >= 2 && &codec == &int_codec(b, true)) {
     kind_ = Kind::SignedInt;
     lo_ = grid.front(), hi_ = grid.back();
@@ -65,6 +64,7 @@ Grid::Grid(const Codec& codec, torch::Device device) : codec_(codec) {
     return;
   }
   // With no mantissa bits a minifloat's code parity is not the rounded integer's: generic path.
+  auto split = minifloat_split(codec);
   if (split && split->second > 0) {
     kind_ = Kind::Minifloat;
     man_bits_ = split->second;
@@ -153,6 +153,7 @@ void Grid::encode(const Tensor& t, Tensor* codes, Tensor* values) const {
       Tensor ulp = p2 * std::ldexp(1.0f, -man_bits_);
       Tensor n = a.div_(ulp).round_();
       if (codes) {
+        // (in place on p2's bits: p2 is not needed any more)
         Tensor c = bits_of(p2).sub_(int32_t(float_to_bits(two_emin))).to(torch::kFloat32)
                        .mul_(std::ldexp(1.0f, man_bits_ - 23)).add_(n).clamp_max_(float(max_mag_code_));
         c.add_(torch::signbit(t), float(sign_code_));  // the sign bit, -0 included

@@ -83,6 +83,7 @@ TEST(Grid, EncodeMatchesScalarCodecForEveryCodec) {
                       << codec->decode(want);
       }
     }
+    EXPECT_TRUE(torch::equal(grid.decode(codes).view(torch::kInt32), values.view(torch::kInt32))) << codec->name();
     // The values-only path and round_to_grid: the same values, bit for bit (-0 included).
     torch::Tensor values_only;
     grid.encode(t, nullptr, &values_only);
