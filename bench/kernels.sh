@@ -9,7 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
-cmake --build "$BUILD" --target kernels_bench -j2 >/dev/null
+log=$(mktemp)
+if ! cmake --build "$BUILD" --target kernels_bench -j2 >"$log" 2>&1; then cat "$log"; rm -f "$log"; exit 1; fi
+rm -f "$log"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores," \
      "load average $(cut -d' ' -f1 /proc/loadavg) at the start"
 "$BUILD/kernels_bench" "$@" 2>/dev/null
