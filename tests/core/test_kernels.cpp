@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "format/format.h"
@@ -352,4 +353,28 @@ TEST(Qmatmul, ZeroRowsAndDefaultLevel) {
   qmatmul(x.data(), 1, q, y.data());
   qmatmul(x.data(), 1, q, y_scalar.data(), SimdLevel::Scalar);
   for (int r = 0; r < 3; ++r) EXPECT_NEAR(y[r], y_scalar[r], 1e-4f * (1 + std::fabs(y_scalar[r])));
+}
+
+TEST(Qmatmul, ConcurrentCallsAgree) {
+  // Kernels are reentrant; the per-codec tables are built once under a lock. Run alone (ctest
+  // runs each test in its own process) the threads race to build these formats' tables.
+  const std::vector<std::string> specs = {"fp7_e3m3:g32", "fp5_e3m1:g64", "int6:g32:asym", "fp3_e1m1:g16"};
+  std::vector<QuantizedTensor> qs;
+  for (const std::string& s : specs) {
+    std::vector<float> w = gaussian(33 * 200, 21, 0.05f);
+    qs.push_back(quantize(w.data(), 33, 200, FormatSpec::parse(s)));
+  }
+  std::vector<float> x = gaussian(7 * 200, 22);
+  std::vector<std::vector<float>> got(specs.size(), std::vector<float>(7 * 33));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < specs.size(); ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 20; ++rep) qmatmul(x.data(), 7, qs[i], got[i].data());
+    });
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<float> want(7 * 33);
+    qmatmul(x.data(), 7, qs[i], want.data());
+    EXPECT_EQ(0, std::memcmp(want.data(), got[i].data(), want.size() * sizeof(float))) << specs[i];
+  }
 }
