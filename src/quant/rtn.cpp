@@ -1,6 +1,7 @@
 // RTN over a whole matrix. Rows are processed in chunks of ~256K weights so that the dozen
 // temporaries per step stay in cache (a 4096 x 11008 layer would otherwise allocate and fault in
 // ~180 MB per elementwise op).
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include "quant/grid.h"
@@ -43,10 +44,11 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
     scale = per_tensor ? tensor_params.scale.reshape({1}) : torch::empty({rows, spr}, f32);
     if (spec.asymmetric) zero = per_tensor ? tensor_params.zero.reshape({1}) : torch::empty({rows, spr}, f32);
   }
-  torch::Tensor sse = torch::zeros({}, f32.dtype(torch::kFloat64));
   const int64_t chunk = std::max<int64_t>(1, kChunkWeights / cols);
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t nr = std::min(chunk, rows - r0);
+  const int64_t nchunks = (rows + chunk - 1) / chunk;
+  std::vector<torch::Tensor> sse(static_cast<size_t>(nchunks));  // per chunk: summed in order
+  auto quantize_chunk = [&](int64_t ci) {
+    const int64_t r0 = ci * chunk, nr = std::min(chunk, rows - r0);
     torch::Tensor x = w.narrow(0, r0, nr);
     torch::Tensor xs = x;
     if (padded != cols) {
@@ -66,9 +68,20 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
         if (spec.asymmetric) zero.narrow(0, r0, nr).copy_(p.zero.view({nr, spr}));
       }
     }
-    sse += (d - x).square_().sum();
+    sse[ci] = (d - x).square_().sum();
+  };
+  // On CPU each thread takes whole chunks and runs their ops serially (ATen does not nest
+  // parallelism): one small op per chunk step would otherwise cost a thread hand-off each, which
+  // on a loaded machine took longer than the work.
+  if (w.is_cpu()) {
+    at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+      torch::NoGradGuard guard;
+      for (int64_t ci = begin; ci < end; ++ci) quantize_chunk(ci);
+    });
+  } else {
+    for (int64_t ci = 0; ci < nchunks; ++ci) quantize_chunk(ci);
   }
-  out.squared_error = sse.item<double>();
+  out.squared_error = torch::stack(sse).to(torch::kFloat64).sum().item<double>();
   if (want_tensors) {
     out.codes = codes;
     out.dequantized = deq;
