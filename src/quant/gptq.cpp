@@ -57,32 +57,52 @@ bool all_finite(const Tensor& t) {
 
 }  // namespace
 
-QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& spec,
-                           const LayerQuantOptions& options) {
-  const GptqOptions& o = options.gptq;
-  if (W.dim() != 2 || W.numel() == 0) fail("GPTQ: expected a non-empty 2-D weight matrix");
-  const int64_t rows = W.size(0), cols = W.size(1);
+GptqHessian prepare_gptq(const Tensor& H, int64_t cols, const GptqOptions& o, torch::Device dev) {
   if (!H.defined()) fail("GPTQ needs the layer's Hessian H");
   if (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols)
-    fail("GPTQ: H must be {}x{} for a {}x{} weight", cols, cols, rows, cols);
+    fail("GPTQ: H must be {}x{} for a weight with {} columns", cols, cols, cols);
   if (o.block_size < 1) fail("GPTQ: block size must be positive, not {}", o.block_size);
   if (!(o.damp >= 0)) fail("GPTQ: damp must be >= 0, not {}", o.damp);
   torch::NoGradGuard no_grad;
+  GptqHessian h;
+  h.dtype = H.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  h.damp = o.damp, h.act_order = o.act_order;
+  Tensor Hd = H.to(torch::TensorOptions().device(dev).dtype(h.dtype), /*non_blocking=*/false, /*copy=*/true);
+  if (!all_finite(Hd)) fail("GPTQ: H has non-finite entries");
+  h.dead = Hd.diagonal().eq(0);
+  if (!h.dead.any().item<bool>()) h.dead = Tensor();
+  else Hd.diagonal().masked_fill_(h.dead, 1.0);
+  h.perm.resize(static_cast<size_t>(cols));
+  std::iota(h.perm.begin(), h.perm.end(), 0);
+  if (o.act_order) {
+    h.perm_t = std::get<1>(Hd.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    Tensor p = h.perm_t.to(torch::kCPU, torch::kInt64).contiguous();
+    std::copy(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + cols, h.perm.begin());
+    Hd = Hd.index_select(0, h.perm_t).index_select(1, h.perm_t);
+  }
+  h.U = inverse_hessian_factor(Hd, o.damp);
+  return h;
+}
+
+QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& spec,
+                           const LayerQuantOptions& options, const GptqHessian* prepared) {
+  const GptqOptions& o = options.gptq;
+  if (W.dim() != 2 || W.numel() == 0) fail("GPTQ: expected a non-empty 2-D weight matrix");
+  const int64_t rows = W.size(0), cols = W.size(1);
+  torch::NoGradGuard no_grad;
   const auto dev = W.device();
-  const auto dt = H.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const auto opt = torch::TensorOptions().device(dev).dtype(dt);
+  GptqHessian local;
+  if (!prepared) local = prepare_gptq(H, cols, o, dev), prepared = &local;
+  if (prepared->U.size(0) != cols || prepared->damp != o.damp || prepared->act_order != o.act_order)
+    fail("GPTQ: the prepared Hessian does not match this layer and these options");
+  const GptqHessian& h = *prepared;
+  const auto opt = torch::TensorOptions().device(dev).dtype(h.dtype);
   const auto f32 = opt.dtype(torch::kFloat32);
 
   Tensor Wf = W.to(torch::kFloat32).contiguous();
   if (!all_finite(Wf)) fail("only finite weights can be quantized");
-  Tensor Hd = H.to(opt, /*non_blocking=*/false, /*copy=*/true);
-  if (!all_finite(Hd)) fail("GPTQ: H has non-finite entries");
-  Tensor Wt = Wf.t().contiguous().to(dt);  // [cols, rows]: column j is the contiguous row Wt[j]
-  Tensor dead = Hd.diagonal().eq(0);
-  if (dead.any().item<bool>()) {
-    Hd.diagonal().masked_fill_(dead, 1.0);
-    Wt.masked_fill_(dead.unsqueeze(1), 0.0);
-  }
+  Tensor Wt = Wf.t().contiguous().to(h.dtype);  // [cols, rows]: column j is the contiguous row Wt[j]
+  if (h.dead.defined()) Wt.masked_fill_(h.dead.unsqueeze(1), 0.0);
 
   FormatGrid fg(spec, dev);
   QuantOutcome out;
@@ -106,17 +126,10 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   if (fit_up_front)
     for (int64_t k = 0; k < ngroups; ++k) params[k] = fit(Wt.narrow(0, k * g, std::min(g, cols - k * g)));
 
-  std::vector<int64_t> perm(static_cast<size_t>(cols)), pos(static_cast<size_t>(cols));
-  std::iota(perm.begin(), perm.end(), 0);  // perm[j]: column at position j; pos: its inverse
-  Tensor perm_t;
-  if (o.act_order) {
-    perm_t = std::get<1>(Hd.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    Tensor p = perm_t.to(torch::kCPU, torch::kInt64).contiguous();
-    std::copy(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + cols, perm.begin());
-    Wt = Wt.index_select(0, perm_t);
-    Hd = Hd.index_select(0, perm_t).index_select(1, perm_t);
-  }
+  const std::vector<int64_t>& perm = h.perm;  // perm[j]: the column at position j
+  std::vector<int64_t> pos(static_cast<size_t>(cols));  // its inverse
   for (int64_t j = 0; j < cols; ++j) pos[perm[j]] = j;
+  if (o.act_order) Wt = Wt.index_select(0, h.perm_t);
   // fit_at[j]: the group fitted when position j is reached (dynamic groups), or -1.
   std::vector<int64_t> fit_at(static_cast<size_t>(cols), -1);
   if (!fit_up_front) {
@@ -125,8 +138,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
       if (int64_t k = perm[j] / g; !seen[k]) seen[k] = true, fit_at[j] = k;
   }
 
-  Tensor U = inverse_hessian_factor(Hd, o.damp);
-  Hd = Tensor();
+  const Tensor& U = h.U;
   Tensor Ud = U.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
   const double* ud = Ud.data_ptr<double>();
 
@@ -168,7 +180,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
     if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
     Tensor C1 = fg.codes_of(V1).t();
     if (o.act_order) {
-      Tensor where = perm_t.narrow(0, i1, count);
+      Tensor where = h.perm_t.narrow(0, i1, count);
       codes.index_copy_(1, where, C1.to(torch::kUInt8));
       out.dequantized.index_copy_(1, where, Q1.t());
     } else {

@@ -3,6 +3,8 @@
 // quantizer.cpp turns into a QuantizedTensor.
 #include <torch/types.h>
 
+#include <vector>
+
 #include "quant/quantizer.h"
 
 namespace lowbit {
@@ -20,8 +22,22 @@ struct QuantOutcome {
 QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options,
                           bool want_tensors = true);
 
-// GPTQ; group fits use options.rtn's clip search too.
+// What GPTQ derives from H alone (dead columns, act_order permutation, the inverse Hessian's
+// Cholesky factor), so that MoFQ factors H once for all its candidates.
+struct GptqHessian {
+  torch::Tensor U;              // upper factor of the damped inverse, in permuted order
+  torch::Tensor dead;           // bool [cols], undefined if no column is dead
+  std::vector<int64_t> perm;    // perm[j]: original column processed j-th
+  torch::Tensor perm_t;         // the same as a tensor on the device (act_order only)
+  torch::ScalarType dtype = torch::kFloat32;  // H's: float64 or float32
+  double damp = 0;
+  bool act_order = false;
+};
+GptqHessian prepare_gptq(const torch::Tensor& H, int64_t cols, const GptqOptions& options, torch::Device device);
+
+// GPTQ; group fits use options.rtn's clip search too. prepared: from prepare_gptq with the same
+// H and options (computed here if null).
 QuantOutcome quantize_gptq(const torch::Tensor& W, const torch::Tensor& H, const FormatSpec& spec,
-                           const LayerQuantOptions& options);
+                           const LayerQuantOptions& options, const GptqHessian* prepared = nullptr);
 
 }  // namespace lowbit

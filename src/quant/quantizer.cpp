@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "quant/grid.h"
 #include "quant/methods.h"
@@ -69,8 +70,8 @@ QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_
 }
 
 QuantOutcome run(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
-                 const torch::Tensor& H) {
-  return options.method == QuantMethod::GPTQ ? quantize_gptq(W, H, spec, options)
+                 const torch::Tensor& H, const GptqHessian* prepared = nullptr) {
+  return options.method == QuantMethod::GPTQ ? quantize_gptq(W, H, spec, options, prepared)
                                              : quantize_rtn(W, spec, options.rtn);
 }
 
@@ -101,10 +102,13 @@ MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& 
   if (metric == MofqMetric::OutputError && !H.defined()) fail("MoFQ: the output-error metric needs H");
   LayerQuantOptions o = options;
   o.compute_output_error = metric == MofqMetric::OutputError || options.compute_output_error;
+  // GPTQ's Hessian factor depends on H and the options only: compute it once.
+  std::optional<GptqHessian> prepared;
+  if (o.method == QuantMethod::GPTQ) prepared = prepare_gptq(H, W.size(1), o.gptq, W.device());
   MofqChoice choice;
   QuantOutcome best;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    QuantOutcome r = run(W, candidates[i], o, H);
+    QuantOutcome r = run(W, candidates[i], o, H, prepared ? &*prepared : nullptr);
     LayerQuantResult res = result_of(W, r, o, H);
     double e = metric == MofqMetric::OutputError ? res.output_error : res.weight_mse;
     choice.errors.push_back(e);

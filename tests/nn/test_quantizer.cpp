@@ -437,10 +437,11 @@ TEST(Mofq, ChoosesTheLeastErrorAndMatchesSingleFormat) {
   Layer l = random_layer(48, 256, 8);
   std::vector<FormatSpec> cands;
   for (const char* s : {"int4:g64", "fp4_e2m1:g64", "nf4:g64", "int4:g64:asym", "mxfp4"}) cands.push_back(FormatSpec::parse(s));
-  for (QuantMethod method : {QuantMethod::RTN, QuantMethod::GPTQ})
+  for (int config = 0; config < 3; ++config)  // RTN, GPTQ, GPTQ with act_order
     for (MofqMetric metric : {MofqMetric::WeightMse, MofqMetric::OutputError}) {
       LayerQuantOptions o;
-      o.method = method;
+      o.method = config == 0 ? QuantMethod::RTN : QuantMethod::GPTQ;
+      o.gptq.act_order = config == 2;
       MofqChoice c = choose_format(l.W, cands, metric, o, l.H);
       ASSERT_EQ(c.errors.size(), cands.size());
       double lo = *std::min_element(c.errors.begin(), c.errors.end());
