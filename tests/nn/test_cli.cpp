@@ -124,6 +124,37 @@ TEST(Cli, TokenizerVocabularyMismatch) {
                      "do not belong together");
 }
 
+// quantize -> export --dequantize -> eval: the plain checkpoint computes what the quantized one does.
+TEST(Cli, QuantizeExportEvalAgree) {
+  fs::path d = scratch("qexport");
+  std::string q = (d / "q").string(), f = (d / "f32").string();
+  ASSERT_EQ(run("quantize --model " + kStories + " --out " + q + " --format int4:g32 --no-progress").exit_code, 0);
+  ASSERT_EQ(run("export --dequantize --model " + q + " --out " + f).exit_code, 0);
+  std::string eval = kText + " --ctx 64 --no-progress --json ";
+  ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
+  ASSERT_EQ(run("eval --model " + f + eval + (d / "f.json").string()).exit_code, 0);
+  auto ppl = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::string s((std::istreambuf_iterator<char>(in)), {});
+    size_t k = s.find("\"perplexity\":");
+    return std::stod(s.substr(k + 13));
+  };
+  EXPECT_DOUBLE_EQ(ppl(d / "q.json"), ppl(d / "f.json"));
+}
+
+TEST(Cli, DryRunWritesNothing) {
+  fs::path d = scratch("dryrun");
+  CliResult r = run("quantize --model " + kStories + " --dry-run --mofq int4:g32,fp4_e2m1:g32 --no-progress");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::is_empty(d));
+}
+
+TEST(Cli, BadFormatListsValidForms) {
+  expect_clean_error("quantize --model " + kStories + " --dry-run --format int4:g128:banana", "nf4");
+  expect_clean_error("quantize --model " + kStories + " --dry-run --recipe nope", "gptq-w4g128");
+  expect_clean_error("quantize --model " + kStories + " --dry-run --method gptq --format int4:g32", "--calib");
+}
+
 TEST(Cli, TextShorterThanOneChunk) {
   expect_clean_error("eval --model " + kStories + kText + " --ctx 100000", "fewer than one chunk");
 }
