@@ -84,29 +84,26 @@ TEST(Cli, TruncatedGguf) {
   expect_clean_error("eval --model " + (d / "m.gguf").string() + kText, "m.gguf");
 }
 
+// Replaces the first occurrence of `from` in the copy's config.json.
+void edit_config(const fs::path& dir, const std::string& from, const std::string& to) {
+  std::ifstream in(dir / "config.json");
+  std::string cfg((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  size_t p = cfg.find(from);
+  ASSERT_NE(p, std::string::npos) << from;
+  cfg.replace(p, from.size(), to);
+  std::ofstream(dir / "config.json") << cfg;
+}
+
 TEST(Cli, MissingConfigField) {
   fs::path d = stories_copy("nofield");
-  std::ifstream in(d / "config.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  in.close();
-  std::string cfg = ss.str();
-  size_t p = cfg.find("\"num_hidden_layers\"");
-  cfg.replace(p, std::string("\"num_hidden_layers\"").size(), "\"renamed_field\"");
-  std::ofstream(d / "config.json") << cfg;
+  edit_config(d, "\"num_hidden_layers\"", "\"renamed_field\"");
   expect_clean_error("eval --model " + d.string() + kText, "num_hidden_layers");
 }
 
 TEST(Cli, UnsupportedArchitecture) {
   fs::path d = stories_copy("arch");
-  std::ifstream in(d / "config.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  in.close();
-  std::string cfg = ss.str();
-  size_t p = cfg.find("\"llama\"");
-  cfg.replace(p, 7, "\"falcon\"");
-  std::ofstream(d / "config.json") << cfg;
+  edit_config(d, "\"llama\"", "\"falcon\"");
   expect_clean_error("eval --model " + d.string() + kText, "falcon");
 }
 
