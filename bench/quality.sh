@@ -5,6 +5,8 @@
 #   gutenberg-6m: heldout.txt,  llama.cpp protocol, ctx 256, first 200 chunks; groups 32, 64, 128
 # Calibration (GPTQ, output metric, W8A8): 128 windows of wikitext2/tok_valid.txt (disjoint from
 # the test text), seqlen = the model's context, seed 0.
+# The 3-bit FP candidate is E2M0 ({0, ±1, ±2, ±4}): FP3 E1M1 ({0, ±0.5, ±1, ±1.5}) is the INT3 grid
+# {0, ±1, ±2, ±3} scaled by 1/2, so after absmax scaling it quantizes exactly like INT3.
 # Usage: bench/quality.sh [stories|gutenberg|all]   (default all; ~20 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +27,12 @@ ROWS=(
   "GPTQ FP4 E2M1|--method gptq --format fp4_e2m1:g@G"
   "GPTQ-MoFQ W4|--method gptq --mofq int4:g@G,fp4_e2m1:g@G --metric output"
   "RTN INT3|--method rtn --format int3:g@G"
-  "RTN FP3 E1M1|--method rtn --format fp3_e1m1:g@G"
-  "MoFQ-RTN W3, weight MSE|--method rtn --mofq int3:g@G,fp3_e1m1:g@G --metric weight"
-  "MoFQ-RTN W3, output error|--method rtn --mofq int3:g@G,fp3_e1m1:g@G --metric output"
+  "RTN FP3 E2M0|--method rtn --format fp3_e2m0:g@G"
+  "MoFQ-RTN W3, weight MSE|--method rtn --mofq int3:g@G,fp3_e2m0:g@G --metric weight"
+  "MoFQ-RTN W3, output error|--method rtn --mofq int3:g@G,fp3_e2m0:g@G --metric output"
   "GPTQ INT3|--method gptq --format int3:g@G"
-  "GPTQ FP3 E1M1|--method gptq --format fp3_e1m1:g@G"
-  "GPTQ-MoFQ W3|--method gptq --mofq int3:g@G,fp3_e1m1:g@G --metric output"
+  "GPTQ FP3 E2M0|--method gptq --format fp3_e2m0:g@G"
+  "GPTQ-MoFQ W3|--method gptq --mofq int3:g@G,fp3_e2m0:g@G --metric output"
 )
 W8A8_ROWS=(
   "W8A8 INT8|--w8a8 --format int8:channel --metric output"
