@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the bundled assets (../shared/assets): run the two shared models, measure their
-# perplexity with llama.cpp's protocol and save base logits for later KL-divergence comparisons.
+# The main job on the bundled assets (../shared/assets): run the shared models, measure their
+# perplexity with llama.cpp's protocol, quantize stories260K to 4 bits (GPTQ with a per-layer
+# choice of INT4 or FP4), and report what was lost: perplexity and KL divergence against F32.
 # Results land in out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,11 @@ build/lowbit eval --model $A/models/stories260K --text $A/data/wikitext2/wiki.te
 echo "== eval: gutenberg-6m on heldout.txt (ctx 256, first 50 chunks)"
 build/lowbit eval --model $A/models/gutenberg-6m --text $A/data/gutenberg/heldout.txt --ctx 256 --chunks 50 \
   --save-logits out/gutenberg-6m.logp --json out/gutenberg-6m-f32.json
+echo "== quantize: stories260K, GPTQ + MoFQ (INT4 or FP4 E2M1 per layer, groups of 32)"
+build/lowbit quantize --model $A/models/stories260K --out out/stories260K-gptq-mofq-w4 --method gptq \
+  --mofq int4:g32,fp4_e2m1:g32 --metric output --calib $A/data/wikitext2/tok_valid.txt --json out/quantize.json \
+  | tail -n 2
+echo "== eval: the quantized model against F32"
+build/lowbit eval --model out/stories260K-gptq-mofq-w4 --text $A/data/wikitext2/wiki.test.raw --ctx 512 --chunks 100 \
+  --kld-base out/stories260K.logp --json out/stories260K-gptq-mofq-w4.json
 echo "== results in out/"
