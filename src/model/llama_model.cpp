@@ -131,11 +131,6 @@ torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& 
   return x * torch::rsqrt(var + config_.rms_norm_eps) * w;
 }
 
-torch::Tensor LlamaModel::apply_linear(const Linear& l, const std::string& name, const torch::Tensor& x) const {
-  if (hook_) hook_(name, x);
-  return l(x);
-}
-
 std::pair<torch::Tensor, torch::Tensor> LlamaModel::rope_cos_sin(int64_t pos0, int64_t T) const {
   // Angles in float64 so that long positions keep their precision; cos/sin are then float32.
   torch::Tensor pos = torch::arange(pos0, pos0 + T, inv_freq_.options());
@@ -162,12 +157,6 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
   return torch::embedding(embed_tokens_, tokens.to(device_, torch::kLong));
 }
 
-namespace {
-std::string linear_name(int layer, const char* short_name) {
-  return fmt::format("model.layers.{}.{}.weight", layer, short_name);
-}
-}  // namespace
-
 torch::Tensor LlamaModel::attn_norm(int li, const torch::Tensor& x) const {
   return rms_norm(x, layers_.at(li).attn_norm);
 }
@@ -177,9 +166,9 @@ torch::Tensor LlamaModel::attention(int li, const torch::Tensor& h, int64_t pos0
   const DecoderLayer& L = layers_.at(li);
   const int64_t B = h.size(0), T = h.size(1), D = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t rep = H / KV;
-  torch::Tensor q = apply_linear(L.q_proj, linear_name(li, "self_attn.q_proj"), h).view({B, T, H, D}).transpose(1, 2);
-  torch::Tensor k = apply_linear(L.k_proj, linear_name(li, "self_attn.k_proj"), h).view({B, T, KV, D}).transpose(1, 2);
-  torch::Tensor v = apply_linear(L.v_proj, linear_name(li, "self_attn.v_proj"), h).view({B, T, KV, D}).transpose(1, 2);
+  torch::Tensor q = L.q_proj(h).view({B, T, H, D}).transpose(1, 2);
+  torch::Tensor k = L.k_proj(h).view({B, T, KV, D}).transpose(1, 2);
+  torch::Tensor v = L.v_proj(h).view({B, T, KV, D}).transpose(1, 2);
   auto [cos, sin] = rope_cos_sin(pos0, T);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
@@ -208,20 +197,20 @@ torch::Tensor LlamaModel::attention(int li, const torch::Tensor& h, int64_t pos0
 }
 
 torch::Tensor LlamaModel::attention_residual(int li, const torch::Tensor& x, const torch::Tensor& ctx) const {
-  return x + apply_linear(layers_.at(li).o_proj, linear_name(li, "self_attn.o_proj"), ctx);
+  return x + layers_.at(li).o_proj(ctx);
 }
 
 torch::Tensor LlamaModel::mlp_norm(int li, const torch::Tensor& r) const { return rms_norm(r, layers_.at(li).mlp_norm); }
 
 torch::Tensor LlamaModel::mlp_hidden(int li, const torch::Tensor& h2) const {
   const DecoderLayer& L = layers_.at(li);
-  torch::Tensor gate = apply_linear(L.gate_proj, linear_name(li, "mlp.gate_proj"), h2);
-  torch::Tensor up = apply_linear(L.up_proj, linear_name(li, "mlp.up_proj"), h2);
+  torch::Tensor gate = L.gate_proj(h2);
+  torch::Tensor up = L.up_proj(h2);
   return torch::silu(gate) * up;
 }
 
 torch::Tensor LlamaModel::mlp_residual(int li, const torch::Tensor& r, const torch::Tensor& m) const {
-  return r + apply_linear(layers_.at(li).down_proj, linear_name(li, "mlp.down_proj"), m);
+  return r + layers_.at(li).down_proj(m);
 }
 
 torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t pos0, KVCache* cache) const {
@@ -230,7 +219,7 @@ torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t 
 }
 
 torch::Tensor LlamaModel::head(const torch::Tensor& x) const {
-  return apply_linear(lm_head_, "lm_head.weight", rms_norm(x, final_norm_));
+  return lm_head_(rms_norm(x, final_norm_));
 }
 
 KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {

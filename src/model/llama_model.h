@@ -37,10 +37,6 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
-// Called with the input of every linear layer during a forward pass (calibration statistics).
-// `name` is the full HF weight name, e.g. "model.layers.0.self_attn.q_proj.weight".
-using LinearInputHook = std::function<void(const std::string& name, const torch::Tensor& input)>;
-
 class LlamaModel {
  public:
   // Loads every weight from `source` onto `device`.
@@ -78,7 +74,6 @@ class LlamaModel {
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   Linear& lm_head() { return lm_head_; }
-  void set_linear_input_hook(LinearInputHook hook) { hook_ = std::move(hook); }
 
  private:
   ModelConfig config_;
@@ -87,10 +82,8 @@ class LlamaModel {
   Linear lm_head_;
   std::vector<DecoderLayer> layers_;
   torch::Tensor inv_freq_;  // [head_dim/2] float64 on device, after rope scaling
-  LinearInputHook hook_;
 
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
-  torch::Tensor apply_linear(const Linear& l, const std::string& name, const torch::Tensor& x) const;
   std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(int64_t pos0, int64_t T) const;
 };
 

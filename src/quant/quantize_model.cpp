@@ -77,12 +77,11 @@ nlohmann::json QuantizeReport::to_json() const {
 QuantizeReport quantize_model(const QuantizeJob& job) {
   auto t0 = std::chrono::steady_clock::now();
   if (job.candidates.empty()) fail("quantize: no format given");
-  if (job.layer.method == QuantMethod::GPTQ || job.metric == MofqMetric::OutputError || job.quantize_activations)
-    if (job.calib.file.empty())
-      fail("quantize: {} needs calibration text: pass --calib FILE",
-           job.layer.method == QuantMethod::GPTQ ? "GPTQ"
-           : job.quantize_activations           ? "activation quantization"
-                                                : "the output-error metric");
+  if (needs_calibration(job) && job.calib.file.empty())
+    fail("quantize: {} needs calibration text: pass --calib FILE",
+         job.layer.method == QuantMethod::GPTQ ? "GPTQ"
+         : job.quantize_activations           ? "activation quantization"
+                                              : "the output-error metric");
   LoadedModel m = load_model(job.model, job.tokenizer);
   LlamaModel& model = *m.model;
   if (m.source->quantization_config().is_object()) fail("{} is already quantized", job.model);
@@ -103,7 +102,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
   double bits_sum = 0;
 
-  auto quantize_one = [&](int layer, const std::string& name, Linear& linear, const LinearInputStats* stats) {
+  auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats) {
     torch::Tensor H = stats && stats->hessian.defined() ? stats->hessian : torch::Tensor();
     MofqChoice choice;
     std::vector<ActivationQuant> act;
@@ -148,7 +147,6 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     bits_sum += lr.bits_per_weight * double(r.q.rows * r.q.cols);
     report.quantized_weights += r.q.rows * r.q.cols;
     report.layers.push_back(std::move(lr));
-    (void)layer;
   };
 
   if (needs_calibration(job)) {
@@ -161,8 +159,8 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     so.batch = job.calib_batch;
     so.progress = job.progress;
     quantize_sequentially(model, tokens.to(model.device()), so,
-                          [&](int l, const std::string& name, Linear& lin, const LinearInputStats& st) {
-                            quantize_one(l, name, lin, &st);
+                          [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
+                            quantize_one(name, lin, &st);
                           });
   } else {
     const int layers = model.config().num_layers;
@@ -170,7 +168,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     size_t done = 0;
     for (int l = 0; l < layers; ++l)
       for (const std::string& short_name : DecoderLayer::linear_names()) {
-        quantize_one(l, fmt::format("model.layers.{}.{}.weight", l, short_name),
+        quantize_one(fmt::format("model.layers.{}.{}.weight", l, short_name),
                      model.layers()[l].linear(short_name), nullptr);
         progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers, short_name));
       }
