@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "io/dtype.h"
+#include "io/ggml_blocks.h"
 #include "util/error.h"
 
 namespace lowbit {
@@ -161,22 +161,22 @@ int64_t GGUFTensor::numel() const {
   return n;
 }
 
+namespace {
+bool decodable(uint32_t type) {
+  const GGMLType t = GGMLType(type);
+  return t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16 || ggml_blocks_supported(t);
+}
+}  // namespace
+
 void GGUFTensor::to_float(float* dst) const {
-  DType dt;
-  switch (GGMLType(type)) {
-    case GGMLType::F32: dt = DType::F32; break;
-    case GGMLType::F16: dt = DType::F16; break;
-    case GGMLType::BF16: dt = DType::BF16; break;
-    default:
-      fail("{}: tensor '{}' has type {}; only F32, F16 and BF16 can be read as float here", file, name,
-           type_name());
-  }
-  lowbit::to_float(dt, data, dst, size_t(numel()));
+  if (!decodable(type))
+    fail("{}: tensor '{}' has type {}; only F32, F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q4_K and Q6_K can be read "
+         "as float here", file, name, type_name());
+  dequantize_ggml(GGMLType(type), data, numel(), dst);
 }
 
 std::vector<float> GGUFTensor::to_float() const {
-  if (type != uint32_t(GGMLType::F32) && type != uint32_t(GGMLType::F16) && type != uint32_t(GGMLType::BF16))
-    to_float(nullptr);  // throws the message above
+  if (!decodable(type)) to_float(nullptr);  // throws the message above before allocating
   std::vector<float> out(static_cast<size_t>(numel()));
   to_float(out.data());
   return out;

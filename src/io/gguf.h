@@ -54,7 +54,9 @@ struct GGUFTensor {
 
   int64_t numel() const;
   std::string_view type_name() const { return ggml_type_name(type); }
-  // F32, F16 and BF16 only; any other type is an Error naming tensor, file and type.
+  // F32, F16, BF16 and the block types dequantize_ggml decodes (Q8_0, Q4_0, Q4_1, IQ4_NL, Q4_K,
+  // Q6_K; io/ggml_blocks.h), bit-exact with ggml's dequantize_row_*; any other type is an Error
+  // naming tensor, file and type.
   void to_float(float* dst) const;  // dst holds numel() floats
   std::vector<float> to_float() const;
 };
