@@ -3,6 +3,7 @@
 // quantized tensors.
 #include "format/block_formats.h"
 #include "format/codec.h"
+#include "format/ggml_formats.h"
 #include "format/int_format.h"
 #include "format/minifloat.h"
 #include "format/nf4.h"

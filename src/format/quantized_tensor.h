@@ -3,6 +3,9 @@
 //
 // GPTQ and other column-by-column quantizers fit params themselves (scaling.h: fit_group,
 // quantize_value) and then assemble the result with QuantizedTensor::from_codes.
+//
+// GGUF types (format/ggml_formats.h) are stored as ggml's own blocks instead: `blocks` holds
+// them and codes, scales and zeros stay empty. Their quantizers live in src/quant only.
 #include <cstdint>
 #include <vector>
 
@@ -19,6 +22,7 @@ struct QuantizedTensor {
                                 // encode_scale() gives the raw fp16 / E8M0 / E4M3 bits
   std::vector<uint8_t> zeros;   // one per slot when spec.asymmetric, else empty
   float tensor_scale = 1.0f;    // NVFP4's fp32 tensor scale; 1 for every other format
+  std::vector<uint8_t> blocks;  // GGUF types: row r's ggml blocks start at r * ggml_row_bytes
 
   uint8_t code(int64_t row, int64_t col) const;
   GroupParams params(int64_t slot) const;
@@ -31,7 +35,14 @@ struct QuantizedTensor {
                                     float tensor_scale = 1.0f);
 };
 
+// Bytes of one row of a GGUF-typed tensor (ggml_nbytes of {cols}); Error if cols does not fit.
+int64_t ggml_row_bytes(const FormatSpec& spec, int64_t cols);
+
+// A GGUF-typed tensor from its rows of ggml blocks (rows * ggml_row_bytes bytes).
+QuantizedTensor from_ggml_blocks(const FormatSpec& spec, int64_t rows, int64_t cols, std::vector<uint8_t> blocks);
+
 // Round-to-nearest quantization of a row-major rows x cols matrix. Weights must be finite.
+// Not for GGUF types (quantize them with quant/quantizer.h).
 QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const FormatSpec& spec,
                          const QuantizeOptions& options = {});
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "format/block_formats.h"
+#include "format/ggml_formats.h"
 #include "format/int_format.h"
 #include "format/minifloat.h"
 #include "format/nf4.h"
@@ -28,6 +29,10 @@ const std::vector<FormatFamily>& format_registry() {
        "mxfp4", match_mx, mx_tokens},
       {"nvfp4", "NVIDIA FP4: E2M1 in blocks of 16 with an E4M3 scale, plus one fp32 tensor scale",
        "nvfp4", match_nvfp4, nvfp4_tokens},
+      {"gguf:q8_0|q4_0|q4_1|iq4_nl|q4_k|q6_k|f16|bf16|f32",
+       "a GGUF type with ggml's exact blocks and scale encoding, for export to llama.cpp "
+       "(blocks of 32; q4_k, q6_k: 256)",
+       "gguf:q4_0", match_gguf, gguf_tokens},
   };
   return registry;
 }

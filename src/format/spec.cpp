@@ -25,6 +25,13 @@ static std::vector<std::string_view> split_colons(std::string_view s) {
 static FormatSpec parse_or_throw(std::string_view text) {
   std::vector<std::string_view> parts = split_colons(text);
   FormatSpec spec;
+  if (parts[0] == "gguf") {  // "gguf:<type>" is one element token
+    if (parts.size() != 2) fail("a GGUF format is gguf:<type>, e.g. gguf:q4_0, and takes no options");
+    spec.element = find_element(text);
+    spec.granularity = spec.element.default_granularity;
+    spec.group_size = spec.element.default_group_size;
+    return spec;
+  }
   spec.element = find_element(parts[0]);
   const ElementDef& def = spec.element;
   spec.granularity = def.default_granularity;
@@ -76,6 +83,16 @@ FormatSpec FormatSpec::parse(std::string_view text) {
   }
 }
 
+const Codec& FormatSpec::codec() const {
+  if (!element.codec) fail("{} has no element grid", str());
+  return asymmetric ? *element.asym_codec : *element.codec;
+}
+
+int FormatSpec::bits() const {
+  if (element.codec) return codec().bits();
+  return element.ggml_type == GGMLType::F32 ? 32 : 16;
+}
+
 std::string FormatSpec::str() const {
   std::string out = element.token;
   if (element.scaling != Scaling::Plain) return out;
@@ -110,10 +127,17 @@ int64_t slot_index(const FormatSpec& spec, int64_t cols, int64_t row, int64_t co
   return 0;
 }
 
-int scale_bits(const FormatSpec& spec) { return spec.scaling() == Scaling::Plain ? 16 : 8; }
+int scale_bits(const FormatSpec& spec) {
+  if (spec.scaling() == Scaling::Ggml) fail("{} has no separate scales", spec.str());
+  return spec.scaling() == Scaling::Plain ? 16 : 8;
+}
 
 double bits_per_weight(const FormatSpec& spec, int64_t rows, int64_t cols) {
   if (rows < 1 || cols < 1) fail("bits_per_weight: empty {}x{} matrix", rows, cols);
+  if (spec.scaling() == Scaling::Ggml) {
+    const GGMLTypeInfo& t = ggml_type_info(spec.element.ggml_type);
+    return double(t.block_bytes) * 8 / double(t.block_size);
+  }
   double per_slot = scale_bits(spec) + (spec.asymmetric ? spec.bits() : 0);
   double tensor_bits = spec.scaling() == Scaling::NV ? 32 : 0;
   double weights = double(rows) * double(cols);

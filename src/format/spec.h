@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "format/codec.h"
+#include "io/ggml_type.h"
 
 namespace lowbit {
 
@@ -27,6 +28,7 @@ enum class Scaling {
   Plain,  // fp16 scale per tensor / channel / group: absmax (sym) or min/max + zero point (asym)
   MX,     // OCP MX: E8M0 power-of-two scale per block of 32
   NV,     // NVFP4: E4M3 scale per block of 16, times one fp32 scale per tensor
+  Ggml,   // a GGUF type: ggml's own block layout and scale encoding (format/ggml_formats.h)
 };
 
 // What an element token such as "int4", "fp6_e3m2" or "mxfp4" resolves to.
@@ -37,6 +39,7 @@ struct ElementDef {
   Scaling scaling = Scaling::Plain;
   Granularity default_granularity = Granularity::Group;
   int64_t default_group_size = 128;    // also the fixed block size of MX (32) and NV (16)
+  GGMLType ggml_type = GGMLType::F32;  // Scaling::Ggml only; codec is null for its float types
 };
 
 struct FormatSpec {
@@ -48,8 +51,8 @@ struct FormatSpec {
   static FormatSpec parse(std::string_view text);  // throws lowbit::Error listing valid forms
   std::string str() const;
 
-  const Codec& codec() const { return asymmetric ? *element.asym_codec : *element.codec; }
-  int bits() const { return codec().bits(); }
+  const Codec& codec() const;  // Error for GGUF's float types, which have none
+  int bits() const;  // element bits: the codec's, or 16 / 32 for GGUF's float types
   Scaling scaling() const { return element.scaling; }
 
   bool operator==(const FormatSpec& o) const { return str() == o.str(); }
@@ -62,7 +65,7 @@ int64_t slots_per_row(const FormatSpec& spec, int64_t cols);  // 0 for tensor (o
 int64_t num_slots(const FormatSpec& spec, int64_t rows, int64_t cols);
 int64_t slot_index(const FormatSpec& spec, int64_t cols, int64_t row, int64_t col);
 
-// Bits of one stored scale: 16 (fp16, Plain) or 8 (E8M0 for MX, E4M3 for NV).
+// Bits of one stored scale: 16 (fp16, Plain) or 8 (E8M0 for MX, E4M3 for NV). Not for Ggml.
 int scale_bits(const FormatSpec& spec);
 
 // Storage cost per weight of a rows x cols matrix: element bits, plus every stored scale, zero
@@ -70,6 +73,7 @@ int scale_bits(const FormatSpec& spec);
 // number of weights. A partial last group counts as a whole group.
 //   int4:g128 -> 4 + 16/128 = 4.125; int4:g128:asym -> 4 + (16+4)/128 = 4.15625;
 //   mxfp4 -> 4 + 8/32 = 4.25; nvfp4 -> 4 + 8/16 + 32/(rows*cols).
+// GGUF types: their block bytes * 8 / block elements (gguf:q4_0 -> 18*8/32 = 4.5).
 double bits_per_weight(const FormatSpec& spec, int64_t rows, int64_t cols);
 
 }  // namespace lowbit

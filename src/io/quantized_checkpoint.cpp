@@ -56,6 +56,11 @@ void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<i
 
 void QuantizedCheckpointWriter::add_quantized(const std::string& name, const QuantizedTensor& q) {
   const FormatSpec& spec = q.spec;
+  if (spec.scaling() == Scaling::Ggml) {
+    add({name + ".qblocks", DType::U8, {q.rows, ggml_row_bytes(spec, q.cols)}, q.blocks});
+    maybe_flush();
+    return;
+  }
   add({name + ".qcodes", DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())}, q.codes});
   const int64_t slots = int64_t(q.scales.size());
   std::vector<uint8_t> scales;
@@ -176,12 +181,17 @@ QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std
     fail("{}: quantization config of '{}' is incomplete: {}", weights.path(), name, e.what());
   }
   const FormatSpec& spec = q.spec;
-  const int64_t slots = num_slots(spec, q.rows, q.cols);
   auto expect = [&](const SafetensorsTensor& t, DType dtype, std::vector<int64_t> shape) {
     if (t.dtype != dtype || t.shape != shape)
       fail("{}: '{}' has dtype {} shape [{}], expected {} [{}] for {}", t.file, t.name, dtype_name(t.dtype),
            fmt::join(t.shape, ","), dtype_name(dtype), fmt::join(shape, ","), spec.str());
   };
+  if (spec.scaling() == Scaling::Ggml) {
+    const SafetensorsTensor& blocks = weights.tensor(name + ".qblocks");
+    expect(blocks, DType::U8, {q.rows, ggml_row_bytes(spec, q.cols)});
+    return from_ggml_blocks(spec, q.rows, q.cols, std::vector<uint8_t>(blocks.data, blocks.data + blocks.nbytes));
+  }
+  const int64_t slots = num_slots(spec, q.rows, q.cols);
   const SafetensorsTensor& codes = weights.tensor(name + ".qcodes");
   expect(codes, DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())});
   q.codes.assign(codes.data, codes.data + codes.nbytes);

@@ -4,6 +4,8 @@
 //   NAME.qcodes  U8  [rows, ceil(cols*bits/8)]   codes as in format/packing.h
 //   NAME.qscales F16 [slots] (plain formats: the fp16 scales) or U8 [slots] (E8M0 / E4M3 bytes)
 //   NAME.qzeros  U8  [slots]                      zero points, asymmetric integers only
+// or, for GGUF types (format/ggml_formats.h), ggml's own blocks:
+//   NAME.qblocks U8  [rows, row bytes]            exactly as a GGUF file stores the rows
 // Every other tensor (embeddings, norms, biases) is stored as F32 under its own name.
 // The safetensors metadata key "quantization_config" holds a JSON object that records, per
 // tensor, its format, method and parameters ("tensors"), and per linear input its activation

@@ -98,6 +98,7 @@ namespace kernels {
 void make_view(const QuantizedTensor& q, WeightView& v) {
   const FormatSpec& spec = q.spec;
   if (q.rows < 1 || q.cols < 1) fail("kernels: empty {}x{} quantized tensor", q.rows, q.cols);
+  if (spec.scaling() == Scaling::Ggml) fail("kernels: {} (ggml blocks) has no lowbit kernel", spec.str());
   v.rows = q.rows;
   v.cols = q.cols;
   v.bits = spec.bits();

@@ -35,7 +35,8 @@ class QuantizedSource : public WeightSource {
     std::vector<std::string> out;
     for (const auto& [name, tc] : qconfig_["tensors"].items()) out.push_back(name);
     for (const std::string& n : weights_.names())
-      if (!n.ends_with(".qcodes") && !n.ends_with(".qscales") && !n.ends_with(".qzeros")) out.push_back(n);
+      if (!n.ends_with(".qcodes") && !n.ends_with(".qscales") && !n.ends_with(".qzeros") && !n.ends_with(".qblocks"))
+        out.push_back(n);
     return out;
   }
 

@@ -89,6 +89,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   const GptqOptions& o = options.gptq;
   if (W.dim() != 2 || W.numel() == 0) fail("GPTQ: expected a non-empty 2-D weight matrix");
   const int64_t rows = W.size(0), cols = W.size(1);
+  check_ggml_row_length(spec, cols);
   torch::NoGradGuard no_grad;
   const auto dev = W.device();
   GptqHessian local;
@@ -111,14 +112,12 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   const bool per_tensor = spec.granularity == Granularity::Tensor;
   const int64_t g = spec.granularity == Granularity::Group ? spec.group_size : cols;
   const int64_t ngroups = (cols + g - 1) / g;
-  // Params of the group whose columns are the rows of vals ([n, rows], any order).
+  // Params of the group whose columns are the rows of vals ([n, rows], in column order); one
+  // column's params come from fg.column.
   auto fit = [&](const Tensor& vals) {
     Tensor x = vals.to(torch::kFloat32).t();
-    SlotParams p = fg.fit_search(per_tensor ? x.reshape({1, -1}) : x, ro.clip_search, ro.clip_steps,
-                                 ro.min_clip, out.tensor_scale);
-    p.scale = p.scale.reshape({-1}), p.step = p.step.reshape({-1});  // [rows], or [1] per tensor
-    if (p.zero.defined()) p.zero = p.zero.reshape({-1});
-    return p;
+    return fg.fit_search(per_tensor ? x.reshape({1, -1}) : x, ro.clip_search, ro.clip_steps, ro.min_clip,
+                         out.tensor_scale);
   };
 
   std::vector<SlotParams> params(static_cast<size_t>(ngroups));
@@ -169,7 +168,8 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
         params[k] = fit(vals);
       }
       Tensor w = W1[i], v, q;
-      fg.quantize_values(w.to(torch::kFloat32), params[perm[j] / g], &v, &q);
+      const int64_t k = perm[j] / g;
+      fg.quantize_values(w.to(torch::kFloat32), fg.column(params[k], perm[j] - k * g), &v, &q);
       V1[i].copy_(v);
       Q1[i].copy_(q);
       Tensor err = Err1[i];
@@ -194,14 +194,17 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
     int64_t n = std::min<int64_t>(256, rows - r0);
     out.squared_error += (out.dequantized.narrow(0, r0, n) - Wf.narrow(0, r0, n)).square_().sum().item<double>();
   }
-  // Slots in spec.h order: row-major [rows, groups]; one slot per tensor.
-  std::vector<Tensor> scales, zeros;
-  for (const SlotParams& p : params) {
-    scales.push_back(p.scale);
-    if (spec.asymmetric) zeros.push_back(p.zero);
-  }
-  out.scale = torch::stack(scales, 1).reshape({-1});
-  if (spec.asymmetric) out.zero = torch::stack(zeros, 1).reshape({-1});
+  // Slots in spec.h order: row-major [rows, groups]; one slot per tensor. GGUF extras likewise,
+  // with a slot's sub-block values side by side.
+  const int64_t prow = per_tensor ? 1 : rows;
+  auto collect = [&](Tensor SlotParams::*field) {
+    std::vector<Tensor> parts;
+    for (const SlotParams& p : params) parts.push_back((p.*field).reshape({prow, -1}));
+    return torch::cat(parts, 1).reshape({-1});
+  };
+  out.scale = collect(&SlotParams::scale);
+  if (spec.asymmetric) out.zero = collect(&SlotParams::zero);
+  for (const GgmlExtra& e : ggml_extras(spec)) out.*e.outcome = collect(e.param);
   return out;
 }
 

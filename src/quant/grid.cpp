@@ -194,7 +194,8 @@ float clip_ratio(int k, int steps, float min_clip) {
 }
 
 FormatGrid::FormatGrid(const FormatSpec& spec, torch::Device device)
-    : spec_(spec), grid_(spec.codec(), device), e4m3_(minifloat_codec(4, 3), device) {
+    : spec_(spec), e4m3_(minifloat_codec(4, 3), device) {
+  if (spec.element.codec) grid_.emplace(spec.codec(), device);
   if (spec.scaling() == Scaling::MX) mx_emax_ = element_emax(spec.codec());
 }
 
@@ -214,6 +215,10 @@ void FormatGrid::check_finite(const Tensor& scale, const Tensor& amax) const {
 
 SlotParams FormatGrid::fit(const Tensor& x, float clip, float tensor_scale, int64_t dim) const {
   if (!(clip > 0 && clip <= 1)) fail("clip ratio must be in (0, 1], not {}", clip);
+  if (spec_.scaling() == Scaling::Ggml) {
+    if (dim != -1 && dim != x.dim() - 1) fail("internal: GGUF blocks must lie along the last dim");
+    return fit_ggml(spec_, x, clip);
+  }
   const float max = spec_.codec().max();
   SlotParams p;
   if (spec_.scaling() == Scaling::Plain && spec_.asymmetric) {
@@ -274,15 +279,25 @@ SlotParams FormatGrid::fit_search(const Tensor& x, bool clip_search, int steps, 
     }
     Tensor better = err.lt(best_err);  // strict: ties keep the larger clip
     best_err = torch::where(better, err, best_err);
-    best.scale = torch::where(better, p.scale, best.scale);
-    best.step = torch::where(better, p.step, best.step);
-    if (p.zero.defined()) best.zero = torch::where(better, p.zero, best.zero);
+    // Sub-block params ([..., sub-blocks, 1]) take their slot's choice.
+    auto keep_better = [&](Tensor& b, const Tensor& t) {
+      if (t.defined()) b = torch::where(t.dim() > better.dim() ? better.unsqueeze(-1) : better, t, b);
+    };
+    keep_better(best.scale, p.scale);
+    keep_better(best.step, p.step);
+    keep_better(best.zero, p.zero);
+    keep_better(best.offset, p.offset);
+    keep_better(best.min, p.min);
+    keep_better(best.sub_scale, p.sub_scale);
+    keep_better(best.sub_min, p.sub_min);
   }
   best.any_zero_step = best.step.eq(0).any().item<bool>();
   return best;
 }
 
 void FormatGrid::quantize(const Tensor& x, const SlotParams& p, Tensor* codes, Tensor* dequantized) const {
+  if (spec_.scaling() == Scaling::Ggml)
+    return quantize_ggml(spec_, grid_ ? &*grid_ : nullptr, x, p, nullptr, codes, dequantized);
   Tensor t = x / p.step;
   if (p.any_zero_step) t.masked_fill_(p.step.eq(0), 0.0f);  // as the scalar code: encode(+0)
   if (spec_.asymmetric) {
@@ -292,12 +307,14 @@ void FormatGrid::quantize(const Tensor& x, const SlotParams& p, Tensor* codes, T
     return;
   }
   Tensor values;
-  grid_.encode(t, codes, dequantized ? &values : nullptr);
+  grid_->encode(t, codes, dequantized ? &values : nullptr);
   if (dequantized) *dequantized = values.mul_(p.step);
 }
 
 void FormatGrid::quantize_values(const Tensor& x, const SlotParams& p, Tensor* grid_values,
                                  Tensor* dequantized) const {
+  if (spec_.scaling() == Scaling::Ggml)
+    return quantize_ggml(spec_, grid_ ? &*grid_ : nullptr, x, p, grid_values, nullptr, dequantized);
   Tensor t = x / p.step;
   if (p.any_zero_step) t.masked_fill_(p.step.eq(0), 0.0f);
   Tensor v;
@@ -305,17 +322,37 @@ void FormatGrid::quantize_values(const Tensor& x, const SlotParams& p, Tensor* g
     v = t.round_().add_(p.zero).clamp_(0, spec_.codec().max());
     if (dequantized) *dequantized = (v - p.zero).mul_(p.step);
   } else {
-    grid_.encode(t, nullptr, &v);
+    grid_->encode(t, nullptr, &v);
     if (dequantized) *dequantized = v * p.step;
   }
   if (grid_values) *grid_values = std::move(v);
 }
 
 Tensor FormatGrid::codes_of(const Tensor& grid_values) const {
+  if (!grid_) return torch::zeros(grid_values.sizes(), grid_values.options().dtype(torch::kInt32));  // float types
   if (spec_.asymmetric) return grid_values.to(torch::kInt32);
   Tensor codes;
-  grid_.encode(grid_values, &codes, nullptr);  // a grid value encodes to its own code
+  grid_->encode(grid_values, &codes, nullptr);  // a grid value encodes to its own code
   return codes;
+}
+
+}  // namespace lowbit
+
+namespace lowbit {
+
+SlotParams FormatGrid::column(const SlotParams& p, int64_t i) const {
+  // step and offset vary per sub-block in the K types; everything else is per slot.
+  const int64_t sub = spec_.scaling() == Scaling::Ggml ? ggml_format_info(spec_).sub_block : 0;
+  const bool has_subs = sub > 0 && sub < spec_.group_size;
+  auto per_slot = [](const Tensor& t) { return t.defined() ? t.reshape({-1}) : t; };
+  auto per_sub = [&](const Tensor& t) { return t.defined() && has_subs ? t.select(-2, i / sub).reshape({-1}) : per_slot(t); };
+  SlotParams c;
+  c.scale = per_slot(p.scale);
+  c.zero = per_slot(p.zero);
+  c.step = per_sub(p.step);
+  c.offset = per_sub(p.offset);
+  c.any_zero_step = p.any_zero_step;
+  return c;
 }
 
 }  // namespace lowbit

@@ -15,6 +15,8 @@
 //    others torch::bucketize.
 #include <torch/types.h>
 
+#include <optional>
+
 #include "format/format.h"
 
 namespace lowbit {
@@ -47,12 +49,19 @@ class Grid {
 };
 
 // Scale parameters of a batch of slots; tensors shaped like the values with the slot's elements
-// reduced to size 1, so they broadcast against them.
+// reduced to size 1, so they broadcast against them. GGUF types with sub-block scales (Q4_K,
+// Q6_K) have step, offset, sub_scale and sub_min shaped [..., sub-blocks, 1] instead: they
+// broadcast against the values viewed as [..., sub-blocks, sub-block].
 struct SlotParams {
-  torch::Tensor scale;  // the stored scale (fp16 / E8M0 / E4M3 value), float32
+  torch::Tensor scale;  // the stored scale (fp16 / E8M0 / E4M3 value; GGUF: d), float32
   torch::Tensor zero;   // zero point as float32 (asymmetric integers only, else undefined)
-  torch::Tensor step;   // scale, times the tensor scale for NVFP4
+  torch::Tensor step;   // scale, times the tensor scale for NVFP4; GGUF K types: d * sub_scale
   bool any_zero_step = false;  // some slot's step is 0 (all-zero slot, or fp16/E4M3 underflow)
+  // GGUF types only (format/ggml_formats.h); undefined where the type has none.
+  torch::Tensor offset;     // added after step * grid value: Q4_1's m, Q4_K's -(dmin * mn)
+  torch::Tensor min;        // the stored fp16 min: Q4_1's m, Q4_K's dmin
+  torch::Tensor sub_scale;  // K types: sub-block scales (integers as float): Q4_K 0..63, Q6_K int8
+  torch::Tensor sub_min;    // Q4_K: sub-block mins 0..63
 };
 
 class FormatGrid {
@@ -66,6 +75,7 @@ class FormatGrid {
 
   // Params of slots whose elements lie along dim (default last) of x (float32), as fit_group with
   // clip ratio clip. Throws like the reference for non-finite weights or fp16 overflow.
+  // GGUF types: dim must be the last, holding one (super-)block; quant/ggml_grid.cpp fits them.
   SlotParams fit(const torch::Tensor& x, float clip, float tensor_scale, int64_t dim = -1) const;
 
   // fit() with every clip ratio 1, 1 - (1-min)/steps, ..., min (computed in float as
@@ -86,16 +96,27 @@ class FormatGrid {
                        torch::Tensor* dequantized) const;
   torch::Tensor codes_of(const torch::Tensor& grid_values) const;
 
+  // For column-at-a-time callers: the params of element i of slots fitted on [rows, group]
+  // values, as [rows] tensors (or [1] for one slot per tensor) to pass to quantize_values.
+  SlotParams column(const SlotParams& p, int64_t i) const;
+
  private:
   void check_finite(const torch::Tensor& scale, const torch::Tensor& amax) const;
 
   FormatSpec spec_;
-  Grid grid_;
+  std::optional<Grid> grid_;  // none for GGUF's float types
   Grid e4m3_;  // NVFP4 block scales
   int mx_emax_ = 0;
 };
 
 // Clip ratio k of a search (as fit_search computes it).
 float clip_ratio(int k, int steps, float min_clip);
+
+// GGUF types (quant/ggml_grid.cpp): the fit of one (super-)block along the last dim of x, with
+// every range shrunk by clip; and round-to-grid of x under such params (codes and/or
+// dequantized values, either may be null). grid is null for the float types.
+SlotParams fit_ggml(const FormatSpec& spec, const torch::Tensor& x, float clip);
+void quantize_ggml(const FormatSpec& spec, const Grid* grid, const torch::Tensor& x, const SlotParams& p,
+                   torch::Tensor* grid_values, torch::Tensor* codes, torch::Tensor* dequantized);
 
 }  // namespace lowbit

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "quant/grid.h"
 #include "quant/quantizer.h"
 
 namespace lowbit {
@@ -12,10 +13,25 @@ namespace lowbit {
 struct QuantOutcome {
   torch::Tensor codes;        // [rows, cols] integer codes, unpacked
   torch::Tensor scale, zero;  // [num_slots] float32, slot order of spec.h; zero only if asym
+  // GGUF types: [num_slots] mins, [num_slots * sub-blocks] sub-block scales and mins, where
+  // the type has them (grid.h SlotParams).
+  torch::Tensor min, sub_scale, sub_min;
   float tensor_scale = 1.0f;
   torch::Tensor dequantized;  // [rows, cols] float32
   double squared_error = 0;   // sum((W - dequantized)^2)
 };
+
+// GGUF types: the params beyond scale that a type stores (quant/ggml_grid.cpp), for quantizers
+// that collect them slot by slot into a QuantOutcome. Empty for every other format.
+struct GgmlExtra {
+  torch::Tensor SlotParams::*param;
+  torch::Tensor QuantOutcome::*outcome;
+  int64_t per_slot;  // values per slot: 1 (min) or the number of sub-blocks
+};
+std::vector<GgmlExtra> ggml_extras(const FormatSpec& spec);
+
+// Error unless a GGUF type's block divides the row length (other formats: no check).
+void check_ggml_row_length(const FormatSpec& spec, int64_t cols);
 
 // Round to nearest over the whole matrix, in row chunks. With want_tensors=false only the error
 // is computed (codes, scales and dequantized stay undefined); the error is the same either way.

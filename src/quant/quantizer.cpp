@@ -2,11 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 
+#include "io/ggml_blocks.h"
 #include "quant/grid.h"
 #include "quant/methods.h"
 #include "util/error.h"
@@ -48,8 +50,43 @@ std::vector<uint8_t> pack(const torch::Tensor& codes, int bits) {
   return std::vector<uint8_t>(packed.data_ptr<uint8_t>(), packed.data_ptr<uint8_t>() + packed.numel());
 }
 
+// 8-bit values of a CPU tensor holding integers (as float or int): Q6_K's int8 sub-scales as
+// their two's-complement bytes.
+std::vector<uint8_t> bytes_of(const torch::Tensor& t) {
+  torch::Tensor b = t.to(torch::kCPU).to(torch::kInt32).bitwise_and(0xFF).to(torch::kUInt8).contiguous();
+  return std::vector<uint8_t>(b.data_ptr<uint8_t>(), b.data_ptr<uint8_t>() + b.numel());
+}
+
+std::vector<uint16_t> fp16_bits_of(const torch::Tensor& t) {
+  torch::Tensor h = t.to(torch::kCPU).to(torch::kFloat16).contiguous();
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(h.data_ptr<at::Half>());
+  return std::vector<uint16_t>(p, p + h.numel());
+}
+
+// GGUF types: ggml's blocks, packed by io/ggml_blocks.h (which checks every field's range).
+// Float types are the dequantized values themselves, in the type's bytes.
+QuantizedTensor to_ggml_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
+  const GgmlFormatInfo& info = ggml_format_info(spec);
+  std::vector<uint8_t> bytes(size_t(rows * ggml_row_bytes(spec, cols)));
+  if (info.is_float) {
+    auto dtype = info.type == GGMLType::F16 ? torch::kFloat16 : info.type == GGMLType::BF16 ? torch::kBFloat16 : torch::kFloat32;
+    torch::Tensor v = r.dequantized.to(torch::kCPU).to(dtype).contiguous();
+    std::memcpy(bytes.data(), v.data_ptr(), bytes.size());
+  } else {
+    GGMLBlocks b;
+    b.q = bytes_of(r.codes);
+    b.d = fp16_bits_of(r.scale);
+    if (r.min.defined()) b.m = fp16_bits_of(r.min);
+    if (r.sub_scale.defined()) b.sub_scale = bytes_of(r.sub_scale);
+    if (r.sub_min.defined()) b.sub_min = bytes_of(r.sub_min);
+    pack_ggml_blocks(info.type, b, rows * cols, bytes.data());
+  }
+  return from_ggml_blocks(spec, rows, cols, std::move(bytes));
+}
+
 // The stored form; every scale and zero point is validated (make_group_params), as from_codes does.
 QuantizedTensor to_quantized_tensor(const FormatSpec& spec, int64_t rows, int64_t cols, const QuantOutcome& r) {
+  if (spec.scaling() == Scaling::Ggml) return to_ggml_tensor(spec, rows, cols, r);
   torch::Tensor codes = r.codes.to(torch::kCPU, torch::kUInt8).contiguous();
   torch::Tensor scale = r.scale.to(torch::kCPU, torch::kFloat32).contiguous();
   if (int64_t(scale.numel()) != num_slots(spec, rows, cols)) fail("internal: wrong number of scales");

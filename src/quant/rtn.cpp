@@ -20,6 +20,7 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
   torch::NoGradGuard no_grad;
   torch::Tensor w = W.to(torch::kFloat32).contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
+  check_ggml_row_length(spec, cols);
   FormatGrid fg(spec, w.device());
   QuantOutcome out;
   out.tensor_scale = fg.tensor_scale(w);
@@ -38,11 +39,15 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
 
   auto f32 = w.options();
   torch::Tensor codes, deq, scale, zero;
+  // GGUF types' extra params, [rows, spr * per_slot] each.
+  const std::vector<GgmlExtra> extras = ggml_extras(spec);
+  std::vector<torch::Tensor> extra(extras.size());
   if (want_tensors) {
     codes = torch::empty({rows, cols}, f32.dtype(torch::kUInt8));
     deq = torch::empty({rows, cols}, f32);
     scale = per_tensor ? tensor_params.scale.reshape({1}) : torch::empty({rows, spr}, f32);
     if (spec.asymmetric) zero = per_tensor ? tensor_params.zero.reshape({1}) : torch::empty({rows, spr}, f32);
+    for (size_t i = 0; i < extra.size(); ++i) extra[i] = torch::empty({rows, spr * extras[i].per_slot}, f32);
   }
   const int64_t chunk = std::max<int64_t>(1, kChunkWeights / cols);
   const int64_t nchunks = (rows + chunk - 1) / chunk;
@@ -66,6 +71,8 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
       if (!per_tensor) {
         scale.narrow(0, r0, nr).copy_(p.scale.view({nr, spr}));
         if (spec.asymmetric) zero.narrow(0, r0, nr).copy_(p.zero.view({nr, spr}));
+        for (size_t i = 0; i < extra.size(); ++i)
+          extra[i].narrow(0, r0, nr).copy_((p.*extras[i].param).reshape({nr, -1}));
       }
     }
     sse[ci] = (d - x).square_().sum();
@@ -87,6 +94,7 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
     out.dequantized = deq;
     out.scale = scale.reshape({-1});
     if (spec.asymmetric) out.zero = zero.reshape({-1});
+    for (size_t i = 0; i < extra.size(); ++i) out.*extras[i].outcome = extra[i].reshape({-1});
   }
   return out;
 }

@@ -283,7 +283,7 @@ TEST(Spec, CanonicalStringsRoundTrip) {
   for (const char* s : {"int4:g128:asym", "fp4_e2m1:g32", "nf4:g64", "mxfp4", "nvfp4",
                         "fp8_e4m3:channel", "int8:channel:sym", "int2:tensor:sym", "int3:g172:asym",
                         "fp6_e3m2:tensor", "fp4_e1m2:g64", "fp4_e3m0:g128", "mxfp6_e2m3",
-                        "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2"}) {
+                        "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "gguf:q4_0", "gguf:q4_k", "gguf:f16"}) {
     FormatSpec spec = FormatSpec::parse(s);
     EXPECT_EQ(spec.str(), s);
     EXPECT_EQ(FormatSpec::parse(spec.str()), spec);
@@ -314,7 +314,8 @@ TEST(Spec, BadSpecsListTheValidForms) {
   for (const char* s : {"int9", "int1", "int", "int4:g0", "int4:g", "int4:g12x", "int4:foo",
                         "int4:g128:g64", "int4:sym:asym", "int4:", "fp4_e2m1:asym", "nf4:asym",
                         "mxfp4:g64", "mxfp4:sym", "nvfp4:channel", "mxfp5", "fp8_e3m4", "fp5_e2m1",
-                        "fp4", "e6m1", "e0m3", "", "bogus", "q4_0"}) {
+                        "fp4", "e6m1", "e0m3", "", "bogus", "q4_0", "gguf", "gguf:", "gguf:q5_0",
+                        "gguf:q4_0:g32", "gguf:q4_0:asym"}) {
     std::string msg = error_of(s);
     ASSERT_FALSE(msg.empty()) << "accepted '" << s << "'";
     EXPECT_NE(msg.find("Valid forms"), std::string::npos) << msg;
@@ -325,7 +326,7 @@ TEST(Spec, BadSpecsListTheValidForms) {
 }
 
 TEST(Registry, EveryFamilyParsesItsExampleAndTokens) {
-  ASSERT_EQ(format_registry().size(), 5u);
+  ASSERT_EQ(format_registry().size(), 6u);
   int tokens = 0;
   for (const FormatFamily& family : format_registry()) {
     EXPECT_EQ(FormatSpec::parse(family.example).str(), family.example);
@@ -335,7 +336,7 @@ TEST(Registry, EveryFamilyParsesItsExampleAndTokens) {
       ++tokens;
     }
   }
-  EXPECT_EQ(tokens, 7 + 21 + 1 + 5 + 1);
+  EXPECT_EQ(tokens, 7 + 21 + 1 + 5 + 1 + 9);
   std::string help = format_help();
   EXPECT_NE(help.find("mxfp4 = 4.25 bits/weight"), std::string::npos) << help;
 }
@@ -355,6 +356,27 @@ TEST(Spec, BitsPerWeight) {
   EXPECT_DOUBLE_EQ(bpw("int4:g128", 10, 172), 4.0 + 2 * 16.0 / 172);
   EXPECT_DOUBLE_EQ(bpw("mxfp4", 10, 172), 4.0 + 6 * 8.0 / 172);
   EXPECT_DOUBLE_EQ(bpw("nvfp4", 10, 172), 4.0 + 11 * 8.0 / 172 + 32.0 / 1720);
+  // GGUF types: sizeof(block) * 8 / elements (ggml-common.h): Q4_0 = 2 + 16 bytes per 32, Q4_1 =
+  // 4 + 16, Q8_0 = 2 + 32, Q4_K = 4 + 12 + 128 per 256, Q6_K = 128 + 64 + 16 + 2 per 256.
+  EXPECT_DOUBLE_EQ(bpw("gguf:q4_0", 64, 256), 4.5);
+  EXPECT_DOUBLE_EQ(bpw("gguf:iq4_nl", 64, 256), 4.5);
+  EXPECT_DOUBLE_EQ(bpw("gguf:q4_1", 64, 256), 5.0);
+  EXPECT_DOUBLE_EQ(bpw("gguf:q8_0", 64, 256), 8.5);
+  EXPECT_DOUBLE_EQ(bpw("gguf:q4_k", 64, 256), 4.5);
+  EXPECT_DOUBLE_EQ(bpw("gguf:q6_k", 64, 256), 6.5625);
+  EXPECT_DOUBLE_EQ(bpw("gguf:f16", 64, 256), 16.0);
+}
+
+TEST(Spec, GgufFallbackForRowLengths) {
+  auto for_cols = [](const char* s, int64_t cols) { return gguf_format_for_shape(FormatSpec::parse(s), cols).str(); };
+  EXPECT_EQ(for_cols("gguf:q4_k", 512), "gguf:q4_k");
+  EXPECT_EQ(for_cols("gguf:q4_k", 96), "gguf:q4_1");   // not a multiple of 256, but of 32
+  EXPECT_EQ(for_cols("gguf:q6_k", 64), "gguf:q8_0");
+  EXPECT_EQ(for_cols("gguf:q4_0", 64), "gguf:q4_0");
+  EXPECT_EQ(for_cols("gguf:q4_0", 172), "gguf:f16");  // stories260K's rows of 172
+  EXPECT_EQ(for_cols("gguf:q6_k", 172), "gguf:f16");
+  EXPECT_EQ(for_cols("gguf:f32", 7), "gguf:f32");
+  EXPECT_EQ(for_cols("int4:g128", 172), "int4:g128:sym");  // not a GGUF type: unchanged
 }
 
 // ---- Packing ---------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ QuantizedTensor random_codes_tensor(const FormatSpec& spec, int64_t rows, int64_
         break;
       case Scaling::MX: p.scale = std::ldexp(1.0f, rng() % 8 == 0 ? -127 : int(rng() % 40) - 20); break;
       case Scaling::NV: p.scale = minifloat_codec(4, 3).decode(uint8_t(rng() % 0x7f)); break;
+      case Scaling::Ggml: ADD_FAILURE() << "GGUF types have no lowbit kernels"; break;
     }
     p.zero = spec.asymmetric ? int(rng() % unsigned(ncodes)) : 0;
   }
