@@ -1,6 +1,5 @@
 #include "tokenizer/gguf_vocab.h"
 
-#include <sentencepiece_processor.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -10,6 +9,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "tokenizer/sentencepiece_model.h"
 #include "util/error.h"
 
 namespace lowbit {
@@ -195,29 +195,18 @@ bool check_spm_shape(const Tokenizer& tok, const std::vector<std::string>& token
   return prefix;
 }
 
-// SentencePiece's token type for an id, mapped as convert_hf_to_gguf.py maps it.
-Tokenizer::TokenType sentencepiece_type(const sentencepiece::SentencePieceProcessor& sp, int id) {
-  if (sp.IsUnknown(id)) return Tokenizer::TokenType::Unknown;
-  if (sp.IsControl(id)) return Tokenizer::TokenType::Control;
-  if (sp.IsUnused(id)) return Tokenizer::TokenType::Unused;
-  if (sp.IsByte(id)) return Tokenizer::TokenType::Byte;
-  return Tokenizer::TokenType::Normal;
-}
-
 // Scores from tokenizer.model, whose pieces (and types) must be lowbit's.
 std::vector<float> sentencepiece_scores(const Tokenizer& tok, const std::string& model_path, int64_t n_tokens) {
-  sentencepiece::SentencePieceProcessor sp;
-  if (auto status = sp.Load(model_path); !status.ok())
-    fail("cannot load SentencePiece model {}: {}", model_path, status.ToString());
-  const int n_sp = sp.GetPieceSize();
+  const std::vector<SentencePieceEntry> sp = read_sentencepiece_model(model_path);
+  const int n_sp = int(sp.size());
   if (n_sp > tok.vocab_size())
     fail("{} has {} pieces but the tokenizer has only {} ids", model_path, n_sp, tok.vocab_size());
   std::vector<float> scores(size_t(n_tokens), -10000.0f);  // the converter's score for unused ids
   for (int id = 0; id < n_sp; ++id) {
-    const std::string& piece = sp.IdToPiece(id);
+    const std::string& piece = sp[id].piece;
     if (piece != tok.pieces()[id])
       fail("{}: piece {} is '{}', but the tokenizer's id {} is '{}'", model_path, id, piece, id, tok.pieces()[id]);
-    auto sp_type = sentencepiece_type(sp, id), type = tok.token_type(id);
+    auto sp_type = sp[id].type, type = tok.token_type(id);
     // An added token in tokenizer.json may make a normal piece user-defined or control, as the
     // converter's added_tokens_decoder does; any other difference is a different vocabulary.
     bool added = sp_type == Tokenizer::TokenType::Normal &&
@@ -225,7 +214,7 @@ std::vector<float> sentencepiece_scores(const Tokenizer& tok, const std::string&
     if (sp_type != type && !added)
       fail("{}: piece {} '{}' has SentencePiece type {} but tokenizer type {}", model_path, id, piece, int(sp_type),
            int(type));
-    scores[id] = sp.GetScore(id);
+    scores[id] = sp[id].score;
   }
   for (int64_t id = n_sp; id < n_tokens; ++id)  // added tokens beyond the model: the converter's -1000
     if (id < tok.vocab_size() && tok.token_type(int32_t(id)) != Tokenizer::TokenType::Unused) scores[id] = -1000.0f;

@@ -16,6 +16,7 @@
 
 #include "io/gguf.h"
 #include "tokenizer/gguf_vocab.h"
+#include "tokenizer/sentencepiece_model.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/text_file.h"
@@ -575,4 +576,34 @@ TEST(GgufVocabByteLevel, UnknownOrDifferentPreTokenizerThrows) {
   EXPECT_NE(export_error(byte_level_fixture(sequence({split(kQwen2Pattern), byte_level(false)}), true))
                 .find("ignore_merges"),
             std::string::npos);
+}
+
+// The tokenizer.model reader (the library above is the reference for its values): broken files
+// are one-line errors naming the file, never a crash or a silently short vocabulary.
+TEST(SentencePieceModelReader, MalformedFilesAreErrors) {
+  std::ifstream in(asset("models/gutenberg-6m/tokenizer.model"), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), 1000u);
+  EXPECT_EQ(read_sentencepiece_model(asset("models/gutenberg-6m/tokenizer.model")).size(), 4096u);
+  const std::string path = (fs::temp_directory_path() / ("lowbit_spm_" + std::to_string(getpid()))).string();
+  auto expect_error = [&](const std::string& content, const char* what) {
+    { std::ofstream(path, std::ios::binary) << content; }
+    try {
+      read_sentencepiece_model(path);
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  };
+  expect_error(bytes.substr(0, 501), "truncated");
+  expect_error("", "empty");
+  expect_error(std::string("\x0a\xff\xff\xff\xff\x0f", 6), "length past the end");
+  expect_error(std::string("\x0f", 1), "wire type 7");
+  std::string bad_type = bytes;
+  size_t at = bad_type.find(std::string("\x18\x02", 2));  // the first piece's type field (<unk>: 2)
+  ASSERT_NE(at, std::string::npos);
+  bad_type[at + 1] = 9;
+  expect_error(bad_type, "piece type 9");
+  fs::remove(path);
 }
