@@ -96,6 +96,11 @@ FormatSpec gguf_format_for_shape(const FormatSpec& spec, int64_t cols) {
   return s;
 }
 
+FormatSpec gguf_embedding_type(const FormatSpec& linear_type, bool is_output) {
+  if (ggml_format_info(linear_type).is_float || !is_output) return linear_type;
+  return *gguf_spec(GGMLType::Q6_K);
+}
+
 std::optional<ElementDef> match_gguf(std::string_view token) {
   if (!token.starts_with("gguf:")) return std::nullopt;
   std::string_view type = token.substr(5);

@@ -47,6 +47,11 @@ std::optional<FormatSpec> gguf_spec(GGMLType type);
 // Returns spec itself when it fits, and any non-GGUF spec unchanged.
 FormatSpec gguf_format_for_shape(const FormatSpec& spec, int64_t cols);
 
+// llama-quantize's type for the token embedding or the output head of a model whose linear
+// weights are mostly linear_type: the output head (the embedding, when tied) gets Q6_K, an
+// untied embedding linear_type; float linear types keep both as linear_type.
+FormatSpec gguf_embedding_type(const FormatSpec& linear_type, bool is_output);
+
 // Registry matcher for "gguf:<type>".
 std::optional<ElementDef> match_gguf(std::string_view token);
 std::vector<std::string> gguf_tokens();

@@ -1,12 +1,12 @@
-// Weights from a GGUF file (F32, F16 or BF16 tensors), presented with Hugging Face names and
+// Weights from a GGUF file (F32, F16, BF16 or the block types io/ggml_blocks.h decodes), presented with Hugging Face names and
 // layouts. llama.cpp's converter permutes the rows of q/k for llama-architecture models (it
 // rotates adjacent pairs where HF rotates halves); this source undoes that permutation.
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <regex>
 
 #include "io/gguf.h"
+#include "model/gguf_names.h"
 #include "model/weight_source.h"
 #include "util/error.h"
 
@@ -48,35 +48,12 @@ ModelConfig config_from_gguf(const GGUFFile& f) {
   return ModelConfig::from_json(j, f.path());
 }
 
-// GGUF name -> HF name. Returns "" for tensors lowbit does not use.
-std::string hf_name(const std::string& g) {
-  static const std::vector<std::pair<std::string, std::string>> layer_map = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},   {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},   {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},   {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"}};
-  if (g == "token_embd.weight") return "model.embed_tokens.weight";
-  if (g == "output_norm.weight") return "model.norm.weight";
-  if (g == "output.weight") return "lm_head.weight";
-  static const std::regex blk(R"(blk\.(\d+)\.(.+))");
-  std::smatch m;
-  if (std::regex_match(g, m, blk))
-    for (const auto& [from, to] : layer_map)
-      if (m[2] == from) return "model.layers." + m[1].str() + "." + to;
-  return "";
-}
-
 class GGUFSource : public WeightSource {
  public:
   explicit GGUFSource(const std::string& path) : file_(path), config_(config_from_gguf(file_)) {
     arch_ = file_.get_string("general.architecture");
     for (const GGUFTensor& t : file_.tensors()) {
-      std::string n = hf_name(t.name);
+      std::string n = hf_name_of_gguf(t.name);
       if (!n.empty()) by_hf_name_.emplace(n, &t);
     }
     std::filesystem::path dir = std::filesystem::path(path).parent_path();

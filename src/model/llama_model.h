@@ -74,6 +74,9 @@ class LlamaModel {
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   Linear& lm_head() { return lm_head_; }
+  // The token embedding [vocab, hidden]; with tied embeddings it is also lm_head().weight, and a
+  // quantizer must set both.
+  torch::Tensor& embed_weight() { return embed_tokens_; }
 
  private:
   ModelConfig config_;

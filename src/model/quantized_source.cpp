@@ -45,11 +45,15 @@ class QuantizedSource : public WeightSource {
     return weights_.tensor(name).shape;
   }
 
+  std::optional<QuantizedTensor> get_quantized(const std::string& name) const override {
+    if (!qconfig_["tensors"].contains(name)) return std::nullopt;
+    return read_quantized_tensor(weights_, name, qconfig_["tensors"][name]);
+  }
+
   torch::Tensor get(const std::string& name) const override {
-    if (qconfig_["tensors"].contains(name)) {
-      QuantizedTensor q = read_quantized_tensor(weights_, name, qconfig_["tensors"][name]);
-      std::vector<float> w = dequantize(q);
-      return torch::from_blob(w.data(), {q.rows, q.cols}, torch::kFloat32).clone();
+    if (auto q = get_quantized(name)) {
+      std::vector<float> w = dequantize(*q);
+      return torch::from_blob(w.data(), {q->rows, q->cols}, torch::kFloat32).clone();
     }
     const SafetensorsTensor& t = weights_.tensor(name);
     torch::Tensor out = torch::empty(t.shape, torch::kFloat32);

@@ -6,10 +6,12 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "format/quantized_tensor.h"
 #include "model/config.h"
 
 namespace lowbit {
@@ -28,6 +30,9 @@ class WeightSource {
   virtual std::string description() const = 0;  // the path, for messages
   // A quantized checkpoint's "quantization_config" (io/quantized_checkpoint.h); null otherwise.
   virtual nlohmann::json quantization_config() const { return nullptr; }
+  // The stored form of a quantized weight (HF layout), for writers that keep it as it is; nullopt
+  // for a weight stored as plain floats.
+  virtual std::optional<QuantizedTensor> get_quantized(const std::string& name) const { return std::nullopt; }
 };
 
 // Opens a model path: a directory with config.json, or a .gguf file. Throws Error if unsupported.

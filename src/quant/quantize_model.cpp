@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "calib/sequential.h"
 #include "io/quantized_checkpoint.h"
@@ -66,7 +68,8 @@ nlohmann::json QuantizeReport::to_json() const {
                            {"output_error", std::isnan(l.output_error) ? nlohmann::json(nullptr)
                                                                         : nlohmann::json(l.output_error)},
                            {"bits_per_weight", l.bits_per_weight},
-                           {"shape", {l.rows, l.cols}}});
+                           {"shape", {l.rows, l.cols}},
+                           {"note", l.note}});
   return {{"bits_per_weight", bits_per_weight},
           {"quantized_weights", quantized_weights},
           {"seconds", seconds},
@@ -77,6 +80,9 @@ nlohmann::json QuantizeReport::to_json() const {
 QuantizeReport quantize_model(const QuantizeJob& job) {
   auto t0 = std::chrono::steady_clock::now();
   if (job.candidates.empty()) fail("quantize: no format given");
+  for (const FormatSpec& c : job.candidates)
+    if (job.quantize_activations && c.scaling() == Scaling::Ggml)
+      fail("quantize: {} is a GGUF weight type; activation quantization needs lowbit formats (int8, fp8_e4m3)", c.str());
   if (needs_calibration(job) && job.calib.file.empty())
     fail("quantize: {} needs calibration text: pass --calib FILE",
          job.layer.method == QuantMethod::GPTQ ? "GPTQ"
@@ -87,31 +93,65 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   if (m.source->quantization_config().is_object()) fail("{} is already quantized", job.model);
 
   std::unique_ptr<QuantizedCheckpointWriter> writer;
-  if (!job.out.empty()) {
-    writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json());
-    // Everything that is not a decoder linear stays in F32.
+  if (!job.out.empty()) writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json());
+  QuantizeReport report;
+  nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
+
+  // Embedding and head first, so that calibration runs on them as they will be.
+  const bool tied = !m.source->has("lm_head.weight");
+  const bool gguf_job = std::all_of(job.candidates.begin(), job.candidates.end(),
+                                    [](const FormatSpec& c) { return c.scaling() == Scaling::Ggml; });
+  auto embedding_format = [&](bool is_output) -> std::optional<FormatSpec> {
+    const std::optional<FormatSpec>& given = is_output ? job.output_format : job.embed_format;
+    if (given || !gguf_job) return given;
+    return gguf_embedding_type(job.candidates[0], is_output);
+  };
+  std::set<std::string> quantized_extras;
+  auto quantize_extra = [&](const std::string& name, torch::Tensor& weight, const std::optional<FormatSpec>& format) {
+    if (!format) return;
+    FormatSpec spec = gguf_format_for_shape(*format, weight.size(1));
+    LayerQuantOptions o;
+    o.compute_output_error = false;
+    LayerQuantResult r = quantize_layer(weight, spec, o);
+    tensors[name] = {{"format", spec.str()}, {"method", "rtn"}, {"shape", {r.q.rows, r.q.cols}},
+                     {"bits_per_weight", bits_per_weight(spec, r.q.rows, r.q.cols)}, {"weight_mse", r.weight_mse}};
+    if (writer) writer->add_quantized(name, r.q);
+    weight = r.dequantized.to(weight.device());
+    quantized_extras.insert(name);
+  };
+  quantize_extra("model.embed_tokens.weight", model.embed_weight(), embedding_format(tied));
+  if (tied) model.lm_head().weight = model.embed_weight();
+  else quantize_extra("lm_head.weight", model.lm_head().weight, embedding_format(true));
+
+  // Everything else that is not a decoder linear stays in F32.
+  if (writer)
     for (const std::string& name : m.source->names()) {
       bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
-      if (linear) continue;
+      if (linear || quantized_extras.count(name)) continue;
       torch::Tensor t = m.source->get(name).contiguous();
       writer->add_float(name, t.sizes().vec(), t.data_ptr<float>());
     }
-  }
-
-  QuantizeReport report;
-  nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
   double bits_sum = 0;
 
   auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats) {
     torch::Tensor H = stats && stats->hessian.defined() ? stats->hessian : torch::Tensor();
+    // GGUF types that cannot hold this row length fall back (format/ggml_formats.h).
+    std::vector<FormatSpec> candidates;
+    std::string note;
+    for (const FormatSpec& c : job.candidates) {
+      candidates.push_back(gguf_format_for_shape(c, linear.weight.size(1)));
+      if (!(candidates.back() == c))
+        note += fmt::format("{}{} cannot hold rows of {}: {}", note.empty() ? "" : "; ", c.str(),
+                            linear.weight.size(1), candidates.back().str());
+    }
     MofqChoice choice;
     std::vector<ActivationQuant> act;
     if (job.quantize_activations) {
       // W8A8: weights and inputs share the element format; choose by the joint output error.
-      for (const FormatSpec& c : job.candidates) act.push_back(ActivationQuant::calibrated(c, stats->input_absmax));
+      for (const FormatSpec& c : candidates) act.push_back(ActivationQuant::calibrated(c, stats->input_absmax));
       double best = std::numeric_limits<double>::infinity();
-      for (size_t i = 0; i < job.candidates.size(); ++i) {
-        LayerQuantResult r = quantize_layer(linear.weight, job.candidates[i], job.layer, H);
+      for (size_t i = 0; i < candidates.size(); ++i) {
+        LayerQuantResult r = quantize_layer(linear.weight, candidates[i], job.layer, H);
         double e = wa_output_error(stats->input_sample, linear.weight, r.dequantized, act[i]);
         choice.errors.push_back(e);
         if (e < best) {
@@ -120,16 +160,16 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
           choice.result = std::move(r);
         }
       }
-    } else if (job.candidates.size() == 1) {
-      choice.result = quantize_layer(linear.weight, job.candidates[0], job.layer, H);
+    } else if (candidates.size() == 1) {
+      choice.result = quantize_layer(linear.weight, candidates[0], job.layer, H);
       choice.errors = {job.metric == MofqMetric::OutputError ? choice.result.output_error : choice.result.weight_mse};
     } else {
-      choice = choose_format(linear.weight, job.candidates, job.metric, job.layer, H);
+      choice = choose_format(linear.weight, candidates, job.metric, job.layer, H);
     }
     const LayerQuantResult& r = choice.result;
-    const FormatSpec& spec = job.candidates[choice.best];
+    const FormatSpec& spec = candidates[choice.best];
     LayerReport lr{name, spec.str(), choice.errors, r.weight_mse, r.output_error,
-                   bits_per_weight(spec, r.q.rows, r.q.cols), r.q.rows, r.q.cols};
+                   bits_per_weight(spec, r.q.rows, r.q.cols), r.q.rows, r.q.cols, note};
     nlohmann::json tc = {{"format", spec.str()},
                          {"method", method_name(job.layer.method)},
                          {"shape", {r.q.rows, r.q.cols}},

@@ -3,6 +3,7 @@
 // per-layer choice among candidates (MoFQ), by RTN or GPTQ, optionally with static activation
 // quantization (W8A8), written as a lowbit quantized checkpoint.
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct QuantizeJob {
   CalibOptions calib;                 // used when calibration is needed (calib.file non-empty)
   int calib_batch = 8;
   bool progress = true;
+  // Token embedding and output head, quantized by RTN before everything else. Unset: kept in
+  // F32, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
+  // (gguf_embedding_type) so that the checkpoint is exactly what its GGUF export will hold.
+  std::optional<FormatSpec> embed_format, output_format;
 };
 
 // Whether the job needs calibration data (GPTQ, the output-error metric, or activations).
@@ -32,6 +37,7 @@ struct LayerReport {
   std::vector<double> errors;  // per candidate, under the job's metric
   double weight_mse = 0, output_error = 0, bits_per_weight = 0;
   int64_t rows = 0, cols = 0;
+  std::string note;            // e.g. a GGUF type's fallback for this row length
 };
 
 struct QuantizeReport {

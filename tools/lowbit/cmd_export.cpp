@@ -1,5 +1,7 @@
-// lowbit export: write a model in another form. --dequantize writes an ordinary Hugging Face
-// checkpoint (F32, F16 or BF16) of the values a (quantized) model actually computes with.
+// lowbit export: write a model in another form.
+//   --format hf --dequantize  an ordinary Hugging Face checkpoint (F32, F16 or BF16) of the values
+//                             a (quantized) model actually computes with;
+//   --format gguf             a GGUF file for llama.cpp (model/gguf_export.h).
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -7,6 +9,7 @@
 #include "commands.h"
 #include "common.h"
 #include "io/safetensors.h"
+#include "model/gguf_export.h"
 #include "util/atomic_file.h"
 #include "util/progress.h"
 
@@ -14,19 +17,73 @@ namespace lowbit::cli {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+void print_gguf_plan(const GgufExportReport& r) {
+  std::printf("%-32s %-8s %-7s %14s  %s\n", "tensor", "type", "from", "bytes", "note");
+  for (const GgufTensorReport& t : r.tensors)
+    std::printf("%-32s %-8s %-7s %14llu  %s\n", t.name.c_str(), t.type.c_str(), t.source.c_str(),
+                (unsigned long long)t.bytes, t.note.c_str());
+  std::printf("tensor data: %llu bytes; decoder linears: %.4f bits per weight\n", (unsigned long long)r.tensor_bytes,
+              r.linear_bits_per_weight);
+}
+
+}  // namespace
+
+void run_gguf_export(const std::string& model, const std::string& tokenizer, GgufExportOptions options, bool dry_run) {
+  auto src = open_weights(model);
+  if (dry_run) {
+    print_gguf_plan(plan_gguf_export(*src, options));
+    return;
+  }
+  std::string tok = tokenizer;
+  if (tok.empty()) {
+    if (src->tokenizer_dir().empty())
+      throw Error(fmt::format("{}: no tokenizer.json beside the model; pass --tokenizer PATH/tokenizer.json", model));
+    tok = (fs::path(src->tokenizer_dir()) / "tokenizer.json").string();
+  }
+  Tokenizer t = Tokenizer::from_file(tok);
+  check_vocab_fits(t.vocab_size(), src->config().vocab_size, tok, model);
+  print_gguf_plan(export_gguf(*src, t, options));
+  std::printf("wrote %s\n", options.out.c_str());
+}
+
 void add_export(CLI::App& app) {
-  auto* cmd = app.add_subcommand("export", "Write a model as a plain Hugging Face checkpoint");
+  auto* cmd = app.add_subcommand("export", "Write a model as a GGUF file (llama.cpp) or a plain Hugging Face checkpoint");
   struct Opts {
-    std::string model, out, dtype = "f32";
-    bool dequantize = false;
+    std::string model, out, tokenizer, format = "hf", dtype, embed_type, output_type;
+    bool dequantize = false, dry_run = false, progress = true;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "model directory or .gguf file")->required();
-  cmd->add_option("--out", o->out, "output directory")->required();
-  cmd->add_flag("--dequantize", o->dequantize, "write dequantized weights as an ordinary HF checkpoint")->required();
-  cmd->add_option("--dtype", o->dtype, "f32, f16 or bf16")->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  cmd->add_option("--out", o->out, "output: a directory (hf) or a .gguf file");
+  cmd->add_option("--format", o->format, "hf (with --dequantize) or gguf")->check(CLI::IsMember({"hf", "gguf"}));
+  cmd->add_flag("--dequantize", o->dequantize, "hf: write dequantized weights as an ordinary HF checkpoint");
+  cmd->add_option("--dtype", o->dtype, "float type of unquantized weights: f32, f16 or bf16 (default: hf f32; gguf f16 for an original model, f32 for a lowbit checkpoint)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  cmd->add_option("--tokenizer", o->tokenizer, "gguf: tokenizer.json (default: beside the model)");
+  cmd->add_option("--embed-type", o->embed_type, "gguf: quantize the token embedding (RTN), e.g. gguf:q4_0 (default: as stored)");
+  cmd->add_option("--output-type", o->output_type, "gguf: quantize the output head (RTN), e.g. gguf:q6_k (default: as stored)");
+  cmd->add_flag("--dry-run", o->dry_run, "gguf: print each tensor's type and size; write nothing");
+  cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "no progress line");
   cmd->callback([o] {
     keep_freed_memory();
+    if (o->out.empty() && !o->dry_run) throw Error("export: give --out");
+    if (o->format == "gguf") {
+      if (o->dequantize) throw Error("export: --dequantize is for --format hf");
+      GgufExportOptions g;
+      g.out = o->out;
+      if (!o->dtype.empty()) g.float_type = FormatSpec::parse("gguf:" + o->dtype);
+      if (!o->embed_type.empty()) g.embed_type = FormatSpec::parse(o->embed_type);
+      if (!o->output_type.empty()) g.output_type = FormatSpec::parse(o->output_type);
+      g.progress = o->progress;
+      run_gguf_export(o->model, o->tokenizer, g, o->dry_run);
+      return;
+    }
+    if (!o->dequantize) throw Error("export: --format hf writes dequantized weights; add --dequantize");
+    if (o->dry_run || !o->embed_type.empty() || !o->output_type.empty())
+      throw Error("export: --dry-run, --embed-type and --output-type are for --format gguf");
+    if (o->dtype.empty()) o->dtype = "f32";
     auto src = open_weights(o->model);
     if (src->quantization_config().is_object() && src->quantization_config().contains("activations"))
       std::fprintf(stderr, "warning: %s quantizes activations too; the export keeps only its weights\n",

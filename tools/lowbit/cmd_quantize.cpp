@@ -66,6 +66,7 @@ void print_report(const QuantizeReport& r, const QuantizeJob& job) {
                 l.bits_per_weight);
     if (job.candidates.size() > 1)
       for (double e : l.errors) std::printf("  %.4e", e);
+    if (!l.note.empty()) std::printf("  (%s)", l.note.c_str());
     std::printf("\n");
   }
   std::printf("bits per weight (linear layers, scales included): %.4f over %lld weights; %.1f s\n", r.bits_per_weight,
@@ -78,7 +79,7 @@ void add_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "Quantize every linear layer of a model");
   cmd->footer(recipe_help());
   struct Opts {
-    std::string model, tokenizer, out, method = "rtn", format, mofq, metric = "weight", recipe, json;
+    std::string model, tokenizer, out, out_gguf, method = "rtn", format, mofq, metric = "weight", recipe, json;
     QuantizeJob job;
     bool dry_run = false, w8a8 = false;
     RuntimeOptions rt;
@@ -87,6 +88,7 @@ void add_quantize(CLI::App& app) {
   cmd->add_option("--model", o->model, "model directory or .gguf file")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: beside the model)");
   auto* out_opt = cmd->add_option("--out", o->out, "output directory (a lowbit quantized checkpoint)");
+  cmd->add_option("--out-gguf", o->out_gguf, "also (or only) write a GGUF file; needs GGUF formats (gguf:q4_0 ...)");
   auto* method_opt = cmd->add_option("--method", o->method, "rtn or gptq")->check(CLI::IsMember({"rtn", "gptq"}));
   auto* format_opt = cmd->add_option("--format", o->format, "one format for every layer, e.g. int4:g128:asym");
   auto* mofq_opt = cmd->add_option("--mofq", o->mofq, "candidates chosen per layer, e.g. int4:g128,fp4_e2m1:g128");
@@ -125,12 +127,17 @@ void add_quantize(CLI::App& app) {
       if (!w8a8_opt->count()) o->w8a8 = it->activations;
     }
     if (o->format.empty() && o->mofq.empty()) throw Error("quantize: give --format SPEC, --mofq LIST or --recipe NAME");
-    if (o->out.empty() && !o->dry_run) throw Error("quantize: give --out DIR, or --dry-run");
-    if (o->dry_run && out_opt->count()) throw Error("quantize: --dry-run writes nothing; drop --out");
+    if (o->out.empty() && o->out_gguf.empty() && !o->dry_run)
+      throw Error("quantize: give --out DIR and/or --out-gguf FILE, or --dry-run");
+    if (o->dry_run && (out_opt->count() || !o->out_gguf.empty()))
+      throw Error("quantize: --dry-run writes nothing; drop --out and --out-gguf");
     QuantizeJob& job = o->job;
     job.model = o->model;
     job.tokenizer = o->tokenizer;
-    job.out = o->dry_run ? "" : o->out;
+    // --out-gguf alone: the checkpoint is a temporary the export reads, removed afterwards.
+    std::unique_ptr<TempDir> scratch;
+    if (!o->dry_run && o->out.empty()) scratch = std::make_unique<TempDir>(o->out_gguf + ".checkpoint");
+    job.out = o->dry_run ? "" : scratch ? scratch->path : o->out;
     job.candidates = parse_candidates(o->format.empty() ? o->mofq : o->format);
     job.layer.method = o->method == "gptq" ? QuantMethod::GPTQ : QuantMethod::RTN;
     job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
@@ -138,7 +145,13 @@ void add_quantize(CLI::App& app) {
     QuantizeReport r = quantize_model(job);
     print_report(r, job);
     if (!o->json.empty()) write_json(o->json, r.to_json());
-    if (!job.out.empty()) std::printf("wrote %s\n", job.out.c_str());
+    if (!o->out.empty()) std::printf("wrote %s\n", o->out.c_str());
+    if (!o->out_gguf.empty()) {
+      GgufExportOptions g;
+      g.out = o->out_gguf;
+      g.progress = job.progress;
+      run_gguf_export(job.out, "", g, false);
+    }
   });
 }
 

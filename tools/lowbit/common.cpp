@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "util/allocator.h"
@@ -34,6 +35,13 @@ void write_json(const std::string& path, const nlohmann::json& j) {
   AtomicFile f(path);
   f.write(j.dump(2) + "\n");
   f.commit();
+}
+
+TempDir::TempDir(std::string p) : path(std::move(p)) { std::filesystem::remove_all(path); }
+
+TempDir::~TempDir() {
+  std::error_code ec;  // best effort: never throw from a destructor
+  std::filesystem::remove_all(path, ec);
 }
 
 }  // namespace lowbit::cli

@@ -22,4 +22,13 @@ struct RuntimeOptions {
 
 void write_json(const std::string& path, const nlohmann::json& j);  // atomic
 
+// A scratch path (file or directory) that is removed, whatever is there, when this goes away.
+struct TempDir {
+  std::string path;
+  explicit TempDir(std::string p);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
 }  // namespace lowbit::cli

@@ -1,0 +1,274 @@
+#include "model/gguf_export.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <regex>
+
+#include "format/format.h"
+#include "io/ggml_blocks.h"
+#include "io/gguf_writer.h"
+#include "model/gguf_names.h"
+#include "quant/quantizer.h"
+#include "tokenizer/gguf_vocab.h"
+#include "util/error.h"
+#include "util/half.h"
+#include "util/progress.h"
+
+namespace lowbit {
+
+namespace {
+
+enum class Source { Stored, Rtn, Float };
+
+struct TensorPlan {
+  std::string hf, gguf;
+  std::vector<int64_t> shape;  // row-major, HF layout
+  FormatSpec type;             // a GGUF spec
+  Source source = Source::Float;
+  std::string note;
+};
+
+std::string arch_of(const ModelConfig& c) {
+  if (c.model_type == "llama" || c.model_type == "mistral") return "llama";
+  if (c.model_type == "qwen2") return "qwen2";
+  fail("GGUF export: unsupported model type '{}' (llama, mistral, qwen2)", c.model_type);
+}
+
+bool is_float_type(const FormatSpec& s) { return ggml_format_info(s).is_float; }
+
+// The GGUF type that holds a stored lowbit format exactly, if any.
+std::optional<FormatSpec> gguf_type_of_stored(const FormatSpec& spec) {
+  if (spec.scaling() == Scaling::Ggml) return spec;
+  const bool g32_sym = spec.scaling() == Scaling::Plain && spec.granularity == Granularity::Group &&
+                       spec.group_size == 32 && !spec.asymmetric;
+  // int8 sym's grid -127..127 and int4 sym's -7..7 (fp16 scale per 32) lie inside Q8_0's and
+  // Q4_0's grids with the same scale encoding.
+  if (g32_sym && spec.element.token == "int8") return FormatSpec::parse("gguf:q8_0");
+  if (g32_sym && spec.element.token == "int4") return FormatSpec::parse("gguf:q4_0");
+  return std::nullopt;
+}
+
+// Rows of ggml blocks for a stored quantized tensor (spec mapped by gguf_type_of_stored).
+std::vector<uint8_t> stored_blocks(const QuantizedTensor& q, const FormatSpec& type) {
+  if (q.spec.scaling() == Scaling::Ggml) return q.blocks;
+  GGMLBlocks b;
+  const int64_t n = q.rows * q.cols;
+  b.q.resize(size_t(n));
+  const bool q4 = ggml_type_of(type) == GGMLType::Q4_0;
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t c = 0; c < q.cols; ++c) {
+      int v = int(int8_t(q.code(r, c) << (q4 ? 4 : 0))) >> (q4 ? 4 : 0);  // sign-extend the code
+      b.q[size_t(r * q.cols + c)] = uint8_t(q4 ? v + 8 : v & 0xFF);
+    }
+  for (float s : q.scales) b.d.push_back(float_to_fp16(s));
+  std::vector<uint8_t> out(size_t(q.rows * ggml_row_bytes(type, q.cols)));
+  pack_ggml_blocks(ggml_type_of(type), b, n, out.data());
+  return out;
+}
+
+// llama.cpp's q/k row order: within each head, HF's two halves interleaved (row 2i + j of a
+// head holds HF row j * D/2 + i).
+std::vector<int64_t> llama_qk_row_order(int64_t rows, int64_t head_dim) {
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  for (int64_t g = 0; g < rows; ++g) {
+    int64_t h = g / head_dim, i = (g % head_dim) / 2, j = g % 2;
+    order[size_t(g)] = h * head_dim + j * (head_dim / 2) + i;
+  }
+  return order;
+}
+
+std::vector<uint8_t> permute_rows(const std::vector<uint8_t>& bytes, const std::vector<int64_t>& order) {
+  const size_t row_bytes = bytes.size() / order.size();
+  std::vector<uint8_t> out(bytes.size());
+  for (size_t g = 0; g < order.size(); ++g)
+    std::copy_n(bytes.begin() + int64_t(size_t(order[g]) * row_bytes), row_bytes, out.begin() + int64_t(g * row_bytes));
+  return out;
+}
+
+// Sort key: token_embd, then blocks in layer order, then output_norm, output.
+std::tuple<int, int64_t, std::string> order_key(const std::string& gguf) {
+  static const std::regex blk(R"(blk\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(gguf, m, blk)) return {1, std::stoll(m[1]), m[2]};
+  if (gguf == "token_embd.weight") return {0, 0, gguf};
+  return {2, 0, gguf == "output.weight" ? "~" : gguf};
+}
+
+uint32_t llama_file_type(GGMLType t) {  // llama.cpp's llama_ftype, from the most common type
+  switch (t) {
+    case GGMLType::F32: return 0;
+    case GGMLType::F16: return 1;
+    case GGMLType::Q4_0: return 2;
+    case GGMLType::Q4_1: return 3;
+    case GGMLType::Q8_0: return 7;
+    case GGMLType::Q4_K: return 15;
+    case GGMLType::Q6_K: return 18;
+    case GGMLType::IQ4_NL: return 25;
+    case GGMLType::BF16: return 32;
+    default: return 0;
+  }
+}
+
+std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptions& o, GGMLType* most_common) {
+  const ModelConfig& cfg = src.config();
+  arch_of(cfg);
+  const nlohmann::json qc = src.quantization_config();
+  const nlohmann::json stored = qc.is_object() ? qc.value("tensors", nlohmann::json::object()) : nlohmann::json::object();
+  const FormatSpec float_type = o.float_type.value_or(FormatSpec::parse(qc.is_object() ? "gguf:f32" : "gguf:f16"));
+  if (!is_float_type(float_type)) fail("GGUF export: the float type must be gguf:f32, gguf:f16 or gguf:bf16");
+
+  // The most common type of the linears, for general.file_type.
+  std::map<GGMLType, int64_t> weights_of_type;
+  for (const auto& [name, tc] : stored.items()) {
+    FormatSpec spec = FormatSpec::parse(tc.at("format").get<std::string>());
+    auto type = gguf_type_of_stored(spec);
+    if (!type)
+      fail("GGUF export: {} is quantized as {}, which no GGUF type holds exactly; quantize with --format gguf:<type> "
+           "(e.g. gguf:q4_0), or export --dequantize", name, spec.str());
+    auto shape = tc.at("shape").get<std::vector<int64_t>>();
+    weights_of_type[ggml_type_of(*type)] += shape.at(0) * shape.at(1);
+  }
+  GGMLType common = ggml_type_of(float_type);
+  int64_t best = 0;
+  for (const auto& [t, n] : weights_of_type)
+    if (n > best) best = n, common = t;
+  if (most_common) *most_common = common;
+
+  std::vector<TensorPlan> plan;
+  for (const std::string& hf : src.names()) {
+    std::string gguf = gguf_name_of_hf(hf);
+    if (gguf.empty()) continue;  // e.g. rotary_emb.inv_freq: llama.cpp computes it
+    TensorPlan t{hf, gguf, src.shape(hf), float_type, Source::Float, ""};
+    FormatSpec wanted = float_type;
+    if (t.shape.size() == 1) {
+      wanted = FormatSpec::parse("gguf:f32");
+    } else if (stored.contains(hf)) {
+      wanted = *gguf_type_of_stored(FormatSpec::parse(stored[hf].at("format").get<std::string>()));
+      t.source = Source::Stored;
+    } else if (t.shape.size() == 2) {
+      const bool embed = hf == "model.embed_tokens.weight";
+      const bool output = hf == "lm_head.weight" || (embed && !src.has("lm_head.weight"));
+      if (output) wanted = o.output_type.value_or(float_type);
+      else if (embed) wanted = o.embed_type.value_or(float_type);
+      if (!is_float_type(wanted)) t.source = Source::Rtn;
+    } else {
+      fail("GGUF export: {} has {} dimensions", hf, t.shape.size());
+    }
+    t.type = gguf_format_for_shape(wanted, t.shape.back());
+    if (t.type.str() != wanted.str()) {
+      if (t.source == Source::Stored) fail("internal: stored {} does not fit its rows", hf);
+      t.note = fmt::format("{} cannot hold rows of {}", wanted.str(), t.shape.back());
+      if (is_float_type(t.type)) t.source = Source::Float;
+    }
+    plan.push_back(std::move(t));
+  }
+  std::sort(plan.begin(), plan.end(), [](const TensorPlan& a, const TensorPlan& b) { return order_key(a.gguf) < order_key(b.gguf); });
+  return plan;
+}
+
+GgufExportReport report_of(const std::vector<TensorPlan>& plan) {
+  GgufExportReport r;
+  double linear_bits = 0, linear_weights = 0;
+  for (const TensorPlan& t : plan) {
+    GgufTensorReport tr;
+    tr.name = t.gguf;
+    tr.type = std::string(ggml_type_info(ggml_type_of(t.type)).name);
+    tr.source = t.source == Source::Stored ? "stored" : t.source == Source::Rtn ? "rtn" : "float";
+    tr.note = t.note;
+    tr.shape = t.shape;
+    tr.bytes = *ggml_nbytes(ggml_type_info(ggml_type_of(t.type)), std::vector<int64_t>(t.shape.rbegin(), t.shape.rend()));
+    r.tensor_bytes += tr.bytes;
+    if (t.hf.starts_with("model.layers.") && t.hf.ends_with("_proj.weight")) {
+      linear_bits += double(tr.bytes) * 8;
+      linear_weights += double(t.shape[0] * t.shape[1]);
+    }
+    r.tensors.push_back(std::move(tr));
+  }
+  r.linear_bits_per_weight = linear_weights > 0 ? linear_bits / linear_weights : 0;
+  return r;
+}
+
+void write_hyper_parameters(GGUFWriter& w, const ModelConfig& c, const std::string& arch) {
+  auto key = [&](const char* k) { return arch + "." + k; };
+  w.set_u32(key("context_length"), uint32_t(c.max_position_embeddings));
+  w.set_u32(key("embedding_length"), uint32_t(c.hidden_size));
+  w.set_u32(key("block_count"), uint32_t(c.num_layers));
+  w.set_u32(key("feed_forward_length"), uint32_t(c.intermediate_size));
+  w.set_u32(key("attention.head_count"), uint32_t(c.num_heads));
+  w.set_u32(key("attention.head_count_kv"), uint32_t(c.num_kv_heads));
+  w.set_f32(key("rope.freq_base"), float(c.rope_theta));
+  w.set_f32(key("attention.layer_norm_rms_epsilon"), float(c.rms_norm_eps));
+  w.set_u32(key("rope.dimension_count"), uint32_t(c.head_dim));
+  if (int64_t(c.head_dim) * c.num_heads != c.hidden_size) {
+    w.set_u32(key("attention.key_length"), uint32_t(c.head_dim));
+    w.set_u32(key("attention.value_length"), uint32_t(c.head_dim));
+  }
+  w.set_u32(key("vocab_size"), uint32_t(c.vocab_size));
+  if (c.rope_scaling.type == "linear") {
+    w.set_string(key("rope.scaling.type"), "linear");
+    w.set_f32(key("rope.scaling.factor"), float(c.rope_scaling.factor));
+  } else if (c.rope_scaling.type != "default") {
+    fail("GGUF export: rope scaling '{}' is not supported yet (llama.cpp needs rope_freqs.weight)", c.rope_scaling.type);
+  }
+  if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings)
+    fail("GGUF export: sliding-window attention ({} tokens) has no llama.cpp equivalent for the {} architecture",
+         c.sliding_window, arch);
+}
+
+// The bytes of one tensor in its planned type and llama.cpp's row order.
+std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t, const std::string& arch) {
+  std::vector<uint8_t> bytes;
+  if (t.source == Source::Stored) {
+    bytes = stored_blocks(*src.get_quantized(t.hf), t.type);
+  } else {
+    torch::Tensor w = src.get(t.hf);
+    if (w.dim() == 1) w = w.view({1, -1});
+    LayerQuantOptions o;  // RTN, or the rounding of a float type
+    o.compute_output_error = false;
+    bytes = quantize_layer(w, t.type, o).q.blocks;
+  }
+  const ModelConfig& c = src.config();
+  const bool q = t.hf.ends_with("q_proj.weight"), k = t.hf.ends_with("k_proj.weight");
+  if (arch == "llama" && (q || k)) bytes = permute_rows(bytes, llama_qk_row_order(t.shape[0], c.head_dim));
+  return bytes;
+}
+
+}  // namespace
+
+GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOptions& options) {
+  return report_of(make_plan(source, options, nullptr));
+}
+
+GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer, const GgufExportOptions& o) {
+  if (o.out.empty()) fail("GGUF export: no output file");
+  GGMLType common;
+  std::vector<TensorPlan> plan = make_plan(src, o, &common);
+  const ModelConfig& cfg = src.config();
+  const std::string arch = arch_of(cfg);
+
+  GGUFWriter w(o.out);
+  w.set_string("general.architecture", arch);
+  std::string name = o.name;
+  if (name.empty()) name = std::filesystem::path(src.description()).filename().string();
+  w.set_string("general.name", name);
+  write_hyper_parameters(w, cfg, arch);
+  w.set_u32("general.file_type", llama_file_type(common));
+  w.set_u32("general.quantization_version", 2);  // ggml's block layouts as of 2023 (QK_K = 256)
+  for (auto& [key, value] : gguf_tokenizer_metadata(tokenizer, src.tokenizer_dir())) w.set(key, value);
+
+  for (const TensorPlan& t : plan) w.add_tensor(t.gguf, t.shape, ggml_type_of(t.type));
+  Progress progress("export gguf", plan.size(), o.progress);
+  for (size_t i = 0; i < plan.size(); ++i) {  // one tensor in memory at a time
+    std::vector<uint8_t> bytes = tensor_bytes(src, plan[i], arch);
+    w.write_tensor(plan[i].gguf, bytes.data(), bytes.size());
+    progress.update(i + 1, plan[i].gguf);
+  }
+  w.finish();
+  progress.finish();
+  return report_of(plan);
+}
+
+}  // namespace lowbit
