@@ -98,6 +98,7 @@ FormatSpec gguf_format_for_shape(const FormatSpec& spec, int64_t cols) {
 
 FormatSpec gguf_embedding_type(const FormatSpec& linear_type, bool is_output) {
   if (ggml_format_info(linear_type).is_float || !is_output) return linear_type;
+  if (ggml_type_of(linear_type) == GGMLType::Q8_0) return linear_type;  // never below the linears
   return *gguf_spec(GGMLType::Q6_K);
 }
 

@@ -48,8 +48,9 @@ std::optional<FormatSpec> gguf_spec(GGMLType type);
 FormatSpec gguf_format_for_shape(const FormatSpec& spec, int64_t cols);
 
 // llama-quantize's type for the token embedding or the output head of a model whose linear
-// weights are mostly linear_type: the output head (the embedding, when tied) gets Q6_K, an
-// untied embedding linear_type; float linear types keep both as linear_type.
+// weights are mostly linear_type: the output head (the embedding, when tied) gets Q6_K (Q8_0
+// stays Q8_0), an untied embedding linear_type; float linear types keep both as linear_type.
+// (llama.cpp's llama_tensor_get_type without --pure; gguf_format_for_shape then applies.)
 FormatSpec gguf_embedding_type(const FormatSpec& linear_type, bool is_output);
 
 // Registry matcher for "gguf:<type>".

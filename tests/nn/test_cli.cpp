@@ -139,6 +139,40 @@ TEST(Cli, QuantizeExportEvalAgree) {
   EXPECT_DOUBLE_EQ(ppl(d / "q.json"), ppl(d / "f.json"));
 }
 
+// quantize --out --out-gguf -> eval both: lowbit's own checkpoint and the GGUF file give the same
+// perplexity, printed with every digit the JSON holds.
+TEST(Cli, GgufAndCheckpointPerplexityAgree) {
+  fs::path d = scratch("gguf");
+  std::string q = (d / "q").string(), g = (d / "q.gguf").string();
+  CliResult r = run("quantize --model " + kStories + " --out " + q + " --out-gguf " + g +
+                    " --format gguf:q4_0 --no-progress");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string eval = kText + " --ctx 64 --no-progress --tokenizer " + kStories + "/tokenizer.json --json ";
+  ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
+  ASSERT_EQ(run("eval --model " + g + eval + (d / "g.json").string()).exit_code, 0);
+  auto ppl = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::string s((std::istreambuf_iterator<char>(in)), {});
+    size_t k = s.find("\"perplexity\":");
+    return std::stod(s.substr(k + 13));
+  };
+  EXPECT_EQ(ppl(d / "q.json"), ppl(d / "g.json"));
+  // --out-gguf alone leaves only the file: its scratch checkpoint is removed.
+  fs::path only = scratch("gguf_only");
+  r = run("quantize --model " + kStories + " --out-gguf " + (only / "x.gguf").string() + " --format gguf:q8_0 --no-progress");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::distance(fs::directory_iterator(only), fs::directory_iterator()), 1);
+}
+
+TEST(Cli, GgufExportOfAFormatWithoutAGgufType) {
+  fs::path d = scratch("gguf_refused");
+  std::string q = (d / "q").string();
+  ASSERT_EQ(run("quantize --model " + kStories + " --out " + q + " --format int4:g128 --no-progress").exit_code, 0);
+  expect_clean_error("export --format gguf --model " + q + " --out " + (d / "x.gguf").string(), "gguf:q4_0");
+  EXPECT_FALSE(fs::exists(d / "x.gguf"));
+  expect_clean_error("quantize --model " + kStories + " --dry-run --format gguf:q5_0", "gguf:q4_0");
+}
+
 TEST(Cli, DryRunWritesNothing) {
   fs::path d = scratch("dryrun");
   CliResult r = run("quantize --model " + kStories + " --dry-run --mofq int4:g32,fp4_e2m1:g32 --no-progress");
