@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "io/gguf.h"
 #include "util/error.h"
 
 namespace lowbit {
@@ -17,13 +18,24 @@ void check_vocab_fits(int64_t tv, int64_t mv, const std::string& tok, const std:
 LoadedModel load_model(const std::string& path, const std::string& tokenizer_path, torch::Device device) {
   LoadedModel m;
   m.source = open_weights(path);
+  // An explicit tokenizer first, then tokenizer.json beside the model, then (a GGUF file) the
+  // tokenizer in its own metadata.
   std::string tok = tokenizer_path;
-  if (tok.empty()) {
-    if (m.source->tokenizer_dir().empty())
-      fail("{}: no tokenizer.json beside the model; pass --tokenizer PATH/tokenizer.json", path);
+  if (tok.empty() && !m.source->tokenizer_dir().empty())
     tok = (std::filesystem::path(m.source->tokenizer_dir()) / "tokenizer.json").string();
+  if (!tok.empty()) {
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
+  } else if (std::filesystem::path(path).extension() == ".gguf" && std::filesystem::is_regular_file(path)) {
+    GGUFFile file(path);  // mapped: reading its metadata again costs little
+    if (!file.has("tokenizer.ggml.model"))
+      fail("{}: no tokenizer.json beside the model and no tokenizer.ggml.* metadata in it; pass --tokenizer "
+           "PATH/tokenizer.json",
+           path);
+    m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file));
+    tok = path;
+  } else {
+    fail("{}: no tokenizer.json beside the model; pass --tokenizer PATH/tokenizer.json", path);
   }
-  m.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
   check_vocab_fits(m.tokenizer->vocab_size(), m.source->config().vocab_size, tok, path);
   m.model = std::make_unique<LlamaModel>(*m.source, device);
   return m;

@@ -236,6 +236,18 @@ std::string gguf_pre_tokenizer_name(const std::vector<std::string>& split_patter
   return s ? s->name : "";
 }
 
+std::optional<GGUFPreTokenizer> gguf_pre_tokenizer(const std::string& name) {
+  for (const auto& s : pre_tokenizer_specs())
+    if (name == s.name) return GGUFPreTokenizer{s.spellings.front(), s.ignore_merges};
+  return std::nullopt;
+}
+
+std::vector<std::string> gguf_pre_tokenizer_names() {
+  std::vector<std::string> out;
+  for (const auto& s : pre_tokenizer_specs()) out.push_back(s.name);
+  return out;
+}
+
 std::vector<std::pair<std::string, GGUFValue>> gguf_tokenizer_metadata(const Tokenizer& tok,
                                                                        const std::string& tokenizer_dir) {
   using T = GGUFValueType;

@@ -28,6 +28,7 @@
 // Besides tokenizer.model, tokenizer_dir may hold (all optional): tokenizer.json (its model's
 // ignore_merges must be what llama.cpp assumes for the pre name), tokenizer_config.json
 // (pad_token) and config.json (vocab_size, pad_token_id).
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,5 +46,16 @@ std::vector<std::pair<std::string, GGUFValue>> gguf_tokenizer_metadata(const Tok
 // The tokenizer.ggml.pre name llama.cpp uses for these split_patterns() (as tokenizer.json
 // writes them, or as llama-vocab.cpp does), or "" if none.
 std::string gguf_pre_tokenizer_name(const std::vector<std::string>& split_patterns);
+
+// The other direction, for reading a GGUF's tokenizer back: the regexes llama.cpp applies for a
+// tokenizer.ggml.pre name (in tokenizer.json's spelling, each an HF Split with behavior Isolated,
+// in order, before the byte-level mapping) and the ignore_merges it sets for that name. nullopt
+// for a name not in the table above; gguf_pre_tokenizer_names() lists those that are.
+struct GGUFPreTokenizer {
+  std::vector<std::string> patterns;
+  bool ignore_merges = false;
+};
+std::optional<GGUFPreTokenizer> gguf_pre_tokenizer(const std::string& name);
+std::vector<std::string> gguf_pre_tokenizer_names();
 
 }  // namespace lowbit

@@ -5,7 +5,8 @@
 //                     fallback to <0xXX> tokens (Llama 2, Mistral, TinyLlama, the test models);
 //   ByteLevelBPE:     GPT-2 byte alphabet, regex pre-tokenizer (GPT-2, Llama 3, Qwen2, SmolLM).
 // Merges follow HF semantics (lowest rank first, then leftmost), which also reproduce
-// SentencePiece's and llama.cpp's ids for converted SentencePiece vocabularies.
+// SentencePiece's and llama.cpp's ids for converted SentencePiece vocabularies. from_gguf builds
+// the same from a GGUF file's own tokenizer metadata, as llama.cpp tokenizes with it.
 // Objects are immutable after loading, cheap to copy, and safe to use from several threads.
 #include <cstdint>
 #include <memory>
@@ -16,6 +17,8 @@
 #include <vector>
 
 namespace lowbit {
+
+class GGUFFile;
 
 class Tokenizer {
  public:
@@ -33,6 +36,11 @@ class Tokenizer {
   static Tokenizer from_file(const std::string& tokenizer_json_path);
   // origin names the source in error messages.
   static Tokenizer from_json(const nlohmann::json& j, const std::string& origin);
+  // From a GGUF file's tokenizer.ggml.* metadata ("llama" SPM or "gpt2" byte-level vocabularies),
+  // tokenizing exactly as llama.cpp does with that metadata (tokenizer_gguf.cpp says how). Throws
+  // Error for a file without tokenizer metadata, another tokenizer model, a pre-tokenizer name
+  // lowbit does not know, or a vocabulary lowbit could not tokenize as llama.cpp does.
+  static Tokenizer from_gguf(const GGUFFile& file);
 
   // Text must be valid UTF-8 (else Error). Special added tokens (<s>, <|eot_id|>...) written in
   // the text are plain text unless parse_special, as in llama.cpp's perplexity tool; non-special
@@ -53,6 +61,7 @@ class Tokenizer {
   int32_t bos_id() const;                    // -1 if none
   int32_t eos_id() const;                    // -1 if none
   int32_t unk_id() const;                    // -1 if none
+  int32_t pad_id() const { return pad_; }    // -1 if none (only a GGUF's metadata names one)
   bool add_bos_default() const;              // the model's own setting (add_bos_token / template)
   Kind kind() const;
 
@@ -79,7 +88,7 @@ class Tokenizer {
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
   // Kept outside the shared Impl so that set_bos_id() on a copy does not change the original.
-  int32_t bos_ = -1, eos_ = -1;
+  int32_t bos_ = -1, eos_ = -1, pad_ = -1;
   bool add_bos_ = false;
 };
 
