@@ -257,7 +257,7 @@ GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer
   write_hyper_parameters(w, cfg, arch);
   w.set_u32("general.file_type", llama_file_type(common));
   w.set_u32("general.quantization_version", 2);  // ggml's block layouts as of 2023 (QK_K = 256)
-  for (auto& [key, value] : gguf_tokenizer_metadata(tokenizer, src.tokenizer_dir())) w.set(key, value);
+  for (auto& [key, value] : gguf_tokenizer_metadata(tokenizer, o.tokenizer_dir)) w.set(key, value);
 
   for (const TensorPlan& t : plan) w.add_tensor(t.gguf, t.shape, ggml_type_of(t.type));
   Progress progress("export gguf", plan.size(), o.progress);

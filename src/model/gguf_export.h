@@ -34,6 +34,9 @@ struct GgufExportOptions {
   std::optional<FormatSpec> embed_type;  // nullopt: the default above
   std::optional<FormatSpec> output_type;
   std::string name;                      // general.name; default: the model's folder name
+  // Folder of tokenizer.json / tokenizer.model / config.json for the vocabulary metadata
+  // (tokenizer/gguf_vocab.h); "" when the tokenizer came from elsewhere (a GGUF's metadata).
+  std::string tokenizer_dir;
   bool progress = true;
 };
 

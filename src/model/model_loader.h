@@ -20,6 +20,12 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path, const std::string& tokenizer_path = "",
                        torch::Device device = torch::kCPU);
 
+// The tokenizer of a model: tokenizer_path if given, else tokenizer.json beside the weights, else
+// a GGUF file's own metadata; checked against the model's vocabulary. *tokenizer_dir (if given)
+// receives the folder of the tokenizer files, "" when the tokenizer came from GGUF metadata.
+Tokenizer load_tokenizer(const WeightSource& source, const std::string& model_path, const std::string& tokenizer_path,
+                         std::string* tokenizer_dir = nullptr);
+
 // Throws Error unless a tokenizer of `tokenizer_vocab` ids can drive a model of `model_vocab`.
 void check_vocab_fits(int64_t tokenizer_vocab, int64_t model_vocab, const std::string& tokenizer_path,
                       const std::string& model_path);

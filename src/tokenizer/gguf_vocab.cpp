@@ -111,7 +111,7 @@ std::string quoted_list(const std::vector<std::string>& v) {
 
 json read_json_if_present(const fs::path& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) return json();
+  if (path.empty() || !fs::is_regular_file(path, ec)) return json();
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot open {}", path.string());
   std::ostringstream ss;
@@ -252,10 +252,12 @@ std::vector<std::pair<std::string, GGUFValue>> gguf_tokenizer_metadata(const Tok
                                                                        const std::string& tokenizer_dir) {
   using T = GGUFValueType;
   const fs::path dir(tokenizer_dir);
-  const json tok_json = read_json_if_present(dir / "tokenizer.json");
+  // An empty tokenizer_dir means no files beside the tokenizer (not the working directory).
+  auto beside = [&](const char* name) { return tokenizer_dir.empty() ? fs::path() : dir / name; };
+  const json tok_json = read_json_if_present(beside("tokenizer.json"));
   const std::string origin = tok_json.is_null() ? tokenizer_dir : (dir / "tokenizer.json").string();
-  const json tok_config = read_json_if_present(dir / "tokenizer_config.json");
-  const json config = read_json_if_present(dir / "config.json");
+  const json tok_config = read_json_if_present(beside("tokenizer_config.json"));
+  const json config = read_json_if_present(beside("config.json"));
 
   // The token list: lowbit's pieces, unused ids and the model's padding rows as "[PAD<id>]".
   int64_t n_tokens = tok.vocab_size();
@@ -297,7 +299,7 @@ std::vector<std::pair<std::string, GGUFValue>> gguf_tokenizer_metadata(const Tok
 
   if (tok.kind() == Tokenizer::Kind::SentencePieceBPE) {
     bool prefix = check_spm_shape(tok, tokens, origin);
-    const fs::path model = dir / "tokenizer.model";
+    const fs::path model = beside("tokenizer.model");
     std::error_code ec;
     std::vector<float> scores = fs::is_regular_file(model, ec) ? sentencepiece_scores(tok, model.string(), n_tokens)
                                                               : derived_scores(tok, n_tokens);

@@ -44,11 +44,13 @@ std::vector<float> gaussian(int64_t n, unsigned seed, float sigma = 1.0f) {
   return v;
 }
 
-// Every element token of the registry.
+// Every element token of the registry that lowbit's kernels run (GGUF types are ggml blocks,
+// which only llama.cpp executes).
 std::vector<std::string> all_tokens() {
   std::vector<std::string> out;
   for (const FormatFamily& family : format_registry())
-    for (const std::string& t : family.tokens()) out.push_back(t);
+    for (const std::string& t : family.tokens())
+      if (FormatSpec::parse(t).scaling() != Scaling::Ggml) out.push_back(t);
   return out;
 }
 

@@ -36,14 +36,7 @@ void run_gguf_export(const std::string& model, const std::string& tokenizer, Ggu
     print_gguf_plan(plan_gguf_export(*src, options));
     return;
   }
-  std::string tok = tokenizer;
-  if (tok.empty()) {
-    if (src->tokenizer_dir().empty())
-      throw Error(fmt::format("{}: no tokenizer.json beside the model; pass --tokenizer PATH/tokenizer.json", model));
-    tok = (fs::path(src->tokenizer_dir()) / "tokenizer.json").string();
-  }
-  Tokenizer t = Tokenizer::from_file(tok);
-  check_vocab_fits(t.vocab_size(), src->config().vocab_size, tok, model);
+  Tokenizer t = load_tokenizer(*src, model, tokenizer, &options.tokenizer_dir);
   print_gguf_plan(export_gguf(*src, t, options));
   std::printf("wrote %s\n", options.out.c_str());
 }
