@@ -54,6 +54,15 @@ fs::path stories_copy(const std::string& name) {
   return d;
 }
 
+// The "perplexity" figure of an eval --json report.
+double perplexity_in(const fs::path& json_report) {
+  std::ifstream in(json_report);
+  std::string s((std::istreambuf_iterator<char>(in)), {});
+  size_t k = s.find("\"perplexity\":");
+  if (k == std::string::npos) throw std::runtime_error("no perplexity in " + json_report.string());
+  return std::stod(s.substr(k + 13));
+}
+
 const std::string kText = " --text " + kAssets + "/data/tinystories/tinystories_sample.txt";
 
 TEST(Cli, EvalRunsOnAGoodModel) {
@@ -130,13 +139,7 @@ TEST(Cli, QuantizeExportEvalAgree) {
   std::string eval = kText + " --ctx 64 --no-progress --json ";
   ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
   ASSERT_EQ(run("eval --model " + f + eval + (d / "f.json").string()).exit_code, 0);
-  auto ppl = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::string s((std::istreambuf_iterator<char>(in)), {});
-    size_t k = s.find("\"perplexity\":");
-    return std::stod(s.substr(k + 13));
-  };
-  EXPECT_DOUBLE_EQ(ppl(d / "q.json"), ppl(d / "f.json"));
+  EXPECT_DOUBLE_EQ(perplexity_in(d / "q.json"), perplexity_in(d / "f.json"));
 }
 
 // quantize --out --out-gguf -> eval both: lowbit's own checkpoint and the GGUF file give the same
@@ -150,13 +153,7 @@ TEST(Cli, GgufAndCheckpointPerplexityAgree) {
   std::string eval = kText + " --ctx 64 --no-progress --tokenizer " + kStories + "/tokenizer.json --json ";
   ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
   ASSERT_EQ(run("eval --model " + g + eval + (d / "g.json").string()).exit_code, 0);
-  auto ppl = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::string s((std::istreambuf_iterator<char>(in)), {});
-    size_t k = s.find("\"perplexity\":");
-    return std::stod(s.substr(k + 13));
-  };
-  EXPECT_EQ(ppl(d / "q.json"), ppl(d / "g.json"));
+  EXPECT_EQ(perplexity_in(d / "q.json"), perplexity_in(d / "g.json"));
   // --out-gguf alone leaves only the file: its scratch checkpoint is removed.
   fs::path only = scratch("gguf_only");
   r = run("quantize --model " + kStories + " --out-gguf " + (only / "x.gguf").string() + " --format gguf:q8_0 --no-progress");
