@@ -2,7 +2,8 @@
 # The main job on the bundled assets (../shared/assets): run the shared models, measure their
 # perplexity with llama.cpp's protocol, quantize stories260K to 4 bits (GPTQ with a per-layer
 # choice of INT4 or FP4), and report what was lost: perplexity and KL divergence against F32.
-# Results land in out/.
+# Then write gutenberg-6m as a GPTQ-optimized Q4_0 GGUF file for llama.cpp and measure it the same
+# way. Results land in out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=../shared/assets
@@ -22,4 +23,10 @@ build/lowbit quantize --model $A/models/stories260K --out out/stories260K-gptq-m
 echo "== eval: the quantized model against F32"
 build/lowbit eval --model out/stories260K-gptq-mofq-w4 --text $A/data/wikitext2/wiki.test.raw --ctx 512 --chunks 100 \
   --kld-base out/stories260K.logp --json out/stories260K-gptq-mofq-w4.json
+echo "== quantize: gutenberg-6m, GPTQ onto GGUF Q4_0, written as out/gutenberg-6m-q4_0.gguf (runs in llama.cpp)"
+build/lowbit quantize --model $A/models/gutenberg-6m --out-gguf out/gutenberg-6m-q4_0.gguf --method gptq \
+  --format gguf:q4_0 --calib $A/data/wikitext2/tok_valid.txt --seqlen 256 --json out/quantize-gguf.json | tail -n 2
+echo "== eval: the GGUF file against F32"
+build/lowbit eval --model out/gutenberg-6m-q4_0.gguf --text $A/data/gutenberg/heldout.txt --ctx 256 --chunks 50 \
+  --kld-base out/gutenberg-6m.logp --json out/gutenberg-6m-q4_0.json
 echo "== results in out/"
