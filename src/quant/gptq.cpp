@@ -22,6 +22,12 @@
 // Channel and tensor granularity are one group of all columns, fitted at the start. Fits and the
 // NVFP4 tensor scale (fitted once, up front) see W with dead columns already zeroed (the
 // reference fits per-channel scales before zeroing them).
+//
+// Kept elements (GptqOptions::keep, the sparse FP16 outliers of quant/outliers.h; SpQR treats
+// its outliers the same way): every fit sees them as 0, so they stretch no group's range; their
+// stored code is the code of 0; at their column q = fp16(current value), so the error they
+// spread is only that rounding's, and the later columns' compensation of earlier errors, which
+// they received like any other weight, is kept.
 #include <torch/torch.h>
 
 #include <cmath>
@@ -105,9 +111,21 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   Tensor Wt = Wf.t().contiguous().to(h.dtype);  // [cols, rows]: column j is the contiguous row Wt[j]
   if (h.dead.defined()) Wt.masked_fill_(h.dead.unsqueeze(1), 0.0);
 
+  // Kept elements, transposed like Wt ([cols, rows]); undefined when there are none.
+  Tensor keep;
+  if (o.keep.defined()) {
+    if (o.keep.sizes() != W.sizes()) fail("GPTQ: the keep mask must be {}x{}", rows, cols);
+    keep = o.keep.to(dev, torch::kBool).t().contiguous();
+    if (!keep.any().item<bool>()) keep = Tensor();
+  }
+  // Values as the group fits see them: kept elements zeroed. keep_rows: the kept mask of vals' rows.
+  auto fit_view = [&](const Tensor& vals, const Tensor& keep_rows) {
+    return keep.defined() ? vals.masked_fill(keep_rows, 0.0) : vals;
+  };
+
   FormatGrid fg(spec, dev);
   QuantOutcome out;
-  out.tensor_scale = fg.tensor_scale(Wt);
+  out.tensor_scale = fg.tensor_scale(fit_view(Wt, keep));
   const RtnOptions& ro = options.rtn;
   const bool per_tensor = spec.granularity == Granularity::Tensor;
   const int64_t g = spec.granularity == Granularity::Group ? spec.group_size : cols;
@@ -123,12 +141,21 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   std::vector<SlotParams> params(static_cast<size_t>(ngroups));
   const bool fit_up_front = o.static_groups || ngroups == 1;
   if (fit_up_front)
-    for (int64_t k = 0; k < ngroups; ++k) params[k] = fit(Wt.narrow(0, k * g, std::min(g, cols - k * g)));
+    for (int64_t k = 0; k < ngroups; ++k) {
+      const int64_t n = std::min(g, cols - k * g);
+      params[k] = fit(fit_view(Wt.narrow(0, k * g, n), keep.defined() ? keep.narrow(0, k * g, n) : Tensor()));
+    }
 
   const std::vector<int64_t>& perm = h.perm;  // perm[j]: the column at position j
   std::vector<int64_t> pos(static_cast<size_t>(cols));  // its inverse
   for (int64_t j = 0; j < cols; ++j) pos[perm[j]] = j;
   if (o.act_order) Wt = Wt.index_select(0, h.perm_t);
+  if (o.act_order && keep.defined()) keep = keep.index_select(0, h.perm_t);  // now in position order
+  std::vector<bool> col_kept(static_cast<size_t>(cols), false);  // position j has a kept element
+  if (keep.defined()) {
+    Tensor any = keep.any(1).to(torch::kCPU).contiguous();
+    for (int64_t j = 0; j < cols; ++j) col_kept[j] = any.data_ptr<bool>()[j];
+  }
   // fit_at[j]: the group fitted when position j is reached (dynamic groups), or -1.
   std::vector<int64_t> fit_at(static_cast<size_t>(cols), -1);
   if (!fit_up_front) {
@@ -165,11 +192,17 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
           Tensor Ul = U.narrow(0, i1, i).index_select(1, torch::tensor(later).to(dev));  // [i, n]
           vals.index_add_(0, torch::tensor(later_rows).to(dev), Ul.t().mm(Err1.narrow(0, 0, i)), -1);
         }
-        params[k] = fit(vals);
+        params[k] = fit(fit_view(vals, keep.defined() ? keep.index_select(0, torch::tensor(members).to(dev)) : Tensor()));
       }
       Tensor w = W1[i], v, q;
       const int64_t k = perm[j] / g;
-      fg.quantize_values(w.to(torch::kFloat32), fg.column(params[k], perm[j] - k * g), &v, &q);
+      Tensor wf = w.to(torch::kFloat32);
+      if (col_kept[j]) {
+        fg.quantize_values(wf.masked_fill(keep[j], 0.0f), fg.column(params[k], perm[j] - k * g), &v, &q);
+        q = torch::where(keep[j], wf.to(torch::kFloat16).to(torch::kFloat32), q);
+      } else {
+        fg.quantize_values(wf, fg.column(params[k], perm[j] - k * g), &v, &q);
+      }
       V1[i].copy_(v);
       Q1[i].copy_(q);
       Tensor err = Err1[i];
@@ -189,6 +222,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
     }
   }
   out.codes = codes;
+  if (keep.defined() && !all_finite(out.dequantized)) fail("GPTQ: a kept weight is beyond fp16's range");
   // Squared error in row chunks (no full-size temporary).
   for (int64_t r0 = 0; r0 < rows; r0 += 256) {
     int64_t n = std::min<int64_t>(256, rows - r0);

@@ -52,7 +52,8 @@ struct GptqHessian {
 GptqHessian prepare_gptq(const torch::Tensor& H, int64_t cols, const GptqOptions& options, torch::Device device);
 
 // GPTQ; group fits use options.rtn's clip search too. prepared: from prepare_gptq with the same
-// H and options (computed here if null).
+// H and options (computed here if null). options.gptq.keep: elements kept out of the grid
+// (quantizer.h); dequantized then holds their fp16 values, codes the code of 0.
 QuantOutcome quantize_gptq(const torch::Tensor& W, const torch::Tensor& H, const FormatSpec& spec,
                            const LayerQuantOptions& options, const GptqHessian* prepared = nullptr);
 

@@ -38,6 +38,13 @@ struct GptqOptions {
   // (default): a group is fitted on the current, error-updated weights when the first of its
   // columns is reached. Static: every group fitted up front on W (with or without act_order).
   bool static_groups = false;
+  // Optional bool [rows, cols] (any device): elements kept out of the low-bit grid, as sparse
+  // FP16 outliers (quant/outliers.h). They count as 0 in every group fit (and NVFP4's tensor
+  // scale), store the code of 0, and at their column take their current, error-compensated value
+  // rounded to fp16, so only that rounding error spreads. LayerQuantResult::dequantized then holds
+  // those values (dequantize(q) holds the low-bit part: 0 there where the grid holds 0). GPTQ
+  // only: for RTN, zero the elements before quantizing (outliers.h does).
+  torch::Tensor keep;
 };
 
 struct LayerQuantOptions {
@@ -51,7 +58,7 @@ struct LayerQuantOptions {
 
 struct LayerQuantResult {
   QuantizedTensor q;          // the stored form (codes, scales, zeros)
-  torch::Tensor dequantized;  // [rows, cols] float32 on W's device; equals dequantize(q)
+  torch::Tensor dequantized;  // [rows, cols] float32 on W's device; equals dequantize(q) (but at GptqOptions::keep)
   double weight_mse = 0;      // mean((W - Ŵ)²)
   double output_error = std::numeric_limits<double>::quiet_NaN();  // tr(ΔW H ΔWᵀ), if H given
 };

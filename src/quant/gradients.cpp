@@ -1,0 +1,145 @@
+#include "quant/gradients.h"
+
+#include <torch/torch.h>
+
+#include <array>
+
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace lowbit {
+
+namespace {
+
+using torch::Tensor;
+
+// During one block's recomputation its seven linear weights are requires-grad aliases (same
+// storage, new leaves) of the model's own tensors, which are put back on destruction.
+class GradWeights {
+ public:
+  GradWeights(DecoderLayer& layer) : layer_(layer) {
+    const auto& names = DecoderLayer::linear_names();
+    for (size_t k = 0; k < names.size(); ++k) {
+      Linear& lin = layer.linear(names[k]);
+      saved_[k] = lin.weight;
+      lin.weight = lin.weight.detach().requires_grad_(true);
+      leaves_[k] = lin.weight;
+    }
+  }
+  ~GradWeights() {
+    const auto& names = DecoderLayer::linear_names();
+    for (size_t k = 0; k < names.size(); ++k) layer_.linear(names[k]).weight = saved_[k];
+  }
+  GradWeights(const GradWeights&) = delete;
+  GradWeights& operator=(const GradWeights&) = delete;
+  const std::array<Tensor, 7>& leaves() const { return leaves_; }
+
+ private:
+  DecoderLayer& layer_;
+  std::array<Tensor, 7> saved_, leaves_;
+};
+
+}  // namespace
+
+double compute_gradients(LlamaModel& model, const Tensor& tokens, const GradientOptions& o,
+                         const GradientCallback& callback) {
+  if (tokens.dim() != 2 || tokens.size(0) < 1 || tokens.size(1) < 2)
+    fail("gradients: tokens must be [windows >= 1, length >= 2]");
+  if (o.batch < 1) fail("gradients: batch must be positive, not {}", o.batch);
+  if (o.head_chunk < 1) fail("gradients: head_chunk must be positive, not {}", o.head_chunk);
+  if (!o.keep_grad && !o.keep_fisher) fail("gradients: nothing to keep (keep_grad and keep_fisher are both off)");
+  if (DecoderLayer::linear_names().size() != 7) fail("internal: expected seven linears per block");
+  const int64_t N = tokens.size(0), T = tokens.size(1);
+  const int L = model.config().num_layers;
+  const int64_t batch = o.keep_fisher ? 1 : o.batch;
+  const Tensor tok = tokens.to(model.device(), torch::kLong);
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [start, count) of each window batch
+  for (int64_t s = 0; s < N; s += batch) ranges.emplace_back(s, std::min(batch, N - s));
+  const size_t nb = ranges.size();
+  const double predictions = double(N) * double(T - 1);
+
+  // 1. Checkpoints: inputs[l][b] is block l's input for batch b; inputs[L] the final hidden state.
+  std::vector<std::vector<Tensor>> inputs(size_t(L) + 1, std::vector<Tensor>(nb));
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t b = 0; b < nb; ++b) {
+      Tensor x = model.embed(tok.narrow(0, ranges[b].first, ranges[b].second));
+      inputs[0][b] = x;
+      for (int l = 0; l < L; ++l) inputs[size_t(l) + 1][b] = x = model.layer_forward(l, x);
+    }
+  }
+
+  torch::AutoGradMode enable_grad(true);
+  Progress progress("gradients", size_t(L) + 1, o.progress);
+
+  // 2. The head, in chunks of positions: dL/dx for the final hidden states (zero at the last
+  // position, which predicts nothing).
+  double loss = 0;
+  std::vector<Tensor> gx(nb);
+  for (size_t b = 0; b < nb; ++b) {
+    const Tensor& x = inputs[size_t(L)][b];
+    const Tensor targets = tok.narrow(0, ranges[b].first, ranges[b].second);
+    gx[b] = torch::zeros_like(x);
+    for (int64_t t0 = 0; t0 < T - 1; t0 += o.head_chunk) {
+      const int64_t n = std::min(o.head_chunk, T - 1 - t0);
+      Tensor xc = x.narrow(1, t0, n).detach().requires_grad_(true);
+      Tensor logp = torch::log_softmax(model.head(xc), -1);
+      Tensor tgt = targets.narrow(1, t0 + 1, n).unsqueeze(-1);
+      Tensor chunk_loss = -logp.gather(-1, tgt).sum() / predictions;
+      loss += chunk_loss.item<double>();
+      gx[b].narrow(1, t0, n).copy_(torch::autograd::grad({chunk_loss}, {xc})[0]);
+    }
+    inputs[size_t(L)][b] = Tensor();
+  }
+  progress.update(1, "head");
+
+  // 3. Blocks, last to first.
+  const auto& names = DecoderLayer::linear_names();
+  for (int l = L - 1; l >= 0; --l) {
+    std::array<Tensor, 7> grad_acc, fisher_acc;
+    {
+      GradWeights weights(model.layers()[size_t(l)]);
+      for (size_t b = 0; b < nb; ++b) {
+        const bool need_input_grad = l > 0;
+        Tensor x = inputs[size_t(l)][b].detach().requires_grad_(need_input_grad);
+        inputs[size_t(l)][b] = Tensor();
+        Tensor y = model.layer_forward(l, x);
+        std::vector<Tensor> wrt(weights.leaves().begin(), weights.leaves().end());
+        if (need_input_grad) wrt.push_back(x);
+        std::vector<Tensor> g = torch::autograd::grad({y}, wrt, {gx[b]}, /*retain_graph=*/false,
+                                                      /*create_graph=*/false, /*allow_unused=*/true);
+        y = Tensor();
+        for (size_t k = 0; k < 7; ++k) {
+          Tensor gk = g[k].defined() ? g[k] : torch::zeros_like(weights.leaves()[k]);
+          if (o.keep_grad) grad_acc[k] = grad_acc[k].defined() ? grad_acc[k].add_(gk) : gk.clone();
+          if (o.keep_fisher) {
+            // One window per batch: its own mean loss's gradient is N times its share of L's.
+            Tensor f = gk.square().mul_(double(N));  // (N g)² / N
+            fisher_acc[k] = fisher_acc[k].defined() ? fisher_acc[k].add_(f) : f;
+          }
+        }
+        gx[b] = need_input_grad ? g.back() : Tensor();
+      }
+    }
+    for (size_t k = 0; k < 7; ++k) {
+      LayerGradient lg;
+      lg.grad = std::move(grad_acc[k]);
+      lg.fisher = std::move(fisher_acc[k]);
+      callback(l, fmt::format("model.layers.{}.{}.weight", l, names[k]), std::move(lg));
+    }
+    progress.update(size_t(L - l) + 1, fmt::format("layer {}", l));
+  }
+  progress.finish();
+  return loss;
+}
+
+std::map<std::string, LayerGradient> compute_gradients(LlamaModel& model, const Tensor& tokens,
+                                                       const GradientOptions& options, double* loss) {
+  std::map<std::string, LayerGradient> out;
+  double l = compute_gradients(model, tokens, options,
+                               [&](int, const std::string& name, LayerGradient&& g) { out[name] = std::move(g); });
+  if (loss) *loss = l;
+  return out;
+}
+
+}  // namespace lowbit
