@@ -1,0 +1,300 @@
+// FlexRound: see flexround.h for the method, the choices made and the stored form.
+#include "quant/flexround.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "quant/grid.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace lowbit {
+
+using torch::Tensor;
+
+// ---------------------------------------------------------------------------------------------
+// One layer's parameters.
+
+FlexRoundWeight::FlexRoundWeight(const Tensor& W, const FormatSpec& spec, const FlexRoundOptions& o) : spec_(spec) {
+  if (spec.scaling() == Scaling::Ggml)
+    fail("FlexRound: GGUF type {} is not supported (int8:g32 and int4:g32 are Q8_0's and Q4_0's exact grids, "
+         "and export to GGUF)", spec.str());
+  if (W.dim() != 2 || W.numel() == 0) fail("FlexRound: expected a non-empty 2-D weight matrix");
+  torch::NoGradGuard no_grad;
+  w_ = W.detach().to(torch::kFloat32).contiguous();
+  rows_ = w_.size(0), cols_ = w_.size(1);
+  per_tensor_ = spec.granularity == Granularity::Tensor;
+  group_ = spec.granularity == Granularity::Group ? spec.group_size : cols_;
+  slots_ = per_tensor_ ? 1 : slots_per_row(spec, cols_);
+
+  // s₁ as RTN fits it: the same per-slot fit as rtn.cpp (padding zeros change no fit).
+  FormatGrid fg(spec, w_.device());
+  tensor_scale_ = fg.tensor_scale(w_);
+  SlotParams p = per_tensor_ ? fg.fit_search(w_.view({1, 1, -1}), o.init.clip_search, o.init.clip_steps,
+                                             o.init.min_clip, tensor_scale_)
+                             : fg.fit_search(pad(w_), o.init.clip_search, o.init.clip_steps, o.init.min_clip,
+                                             tensor_scale_);
+  scale0_ = p.scale, step0_ = p.step, zero_ = p.zero;
+  if (spec.asymmetric) {
+    grid_lo_ = 0, grid_hi_ = spec.codec().max();  // code range
+  } else {
+    grid_lo_ = spec.codec().min(), grid_hi_ = spec.codec().max();
+  }
+
+  learn_scale_ = o.learn_scale && spec.scaling() == Scaling::Plain;
+  auto zeros = [&](std::vector<int64_t> shape) {
+    return torch::zeros(shape, w_.options()).requires_grad_(true);
+  };
+  if (learn_scale_) d1_ = zeros(scale0_.sizes().vec());
+  d2_ = zeros({rows_, cols_});
+  d3_ = zeros({rows_, 1});
+  if (o.input_divisor) d4_ = zeros({1, cols_});
+}
+
+std::vector<Tensor> FlexRoundWeight::parameters() const {
+  std::vector<Tensor> ps;
+  for (const Tensor& t : {d1_, d2_, d3_, d4_})
+    if (t.defined()) ps.push_back(t);
+  return ps;
+}
+
+Tensor FlexRoundWeight::pad(const Tensor& x) const {
+  const int64_t padded = slots_ * group_;
+  Tensor y = padded == cols_ ? x : torch::constant_pad_nd(x, {0, padded - cols_});
+  return y.reshape({rows_, slots_, group_});
+}
+
+Tensor FlexRoundWeight::unpad(const Tensor& x) const {
+  return x.reshape({rows_, slots_ * group_}).narrow(1, 0, cols_);
+}
+
+Tensor FlexRoundWeight::divided() const {
+  Tensor log_s = d2_ + d3_;
+  if (d4_.defined()) log_s = log_s + d4_;
+  return pad(w_ / log_s.exp());  // exp(0) = 1 exactly: no training gives W itself
+}
+
+Tensor FlexRoundWeight::stored_scale() const {
+  if (!learn_scale_) return scale0_;
+  Tensor s = scale0_ * d1_.exp();
+  // The stored value is fp16(s); its rounding is straight-through. Written as r + (s - s) so that
+  // the forward value is exactly r (r + (s - r) need not be).
+  Tensor r = s.detach().to(torch::kFloat16).to(torch::kFloat32);
+  return r + (s - s.detach());
+}
+
+Tensor FlexRoundWeight::forward() const {
+  Tensor x = divided();
+  Tensor step = learn_scale_ ? stored_scale() : step0_;  // Plain: step = scale
+  Tensor zero_step = step.detach().eq(0);
+  const bool any_zero = zero_step.any().item<bool>();
+  Tensor t = x / (any_zero ? torch::where(zero_step, torch::ones_like(step), step) : step);
+  if (any_zero) t = t.masked_fill(zero_step, 0.0f);  // as FormatGrid::quantize: encode(+0)
+  // Straight-through rounding: forward the grid value, backward clamp's gradient. Written as
+  // hard + (soft - soft) so that the forward value is exactly hard.
+  Tensor hard, soft;
+  Tensor td = t.detach();
+  if (spec_.asymmetric) {
+    hard = (td.round() + zero_).clamp_(grid_lo_, grid_hi_).sub_(zero_);  // FormatGrid's op order
+    soft = (t + zero_).clamp(grid_lo_, grid_hi_) - zero_;
+  } else {
+    hard = round_to_grid(td, spec_.codec());
+    soft = t.clamp(grid_lo_, grid_hi_);
+  }
+  Tensor q = hard + (soft - soft.detach());
+  return unpad(q * step);
+}
+
+LayerQuantResult FlexRoundWeight::finish() const {
+  torch::NoGradGuard no_grad;
+  FormatGrid fg(spec_, w_.device());
+  SlotParams p;
+  p.scale = learn_scale_ ? (scale0_ * d1_.exp()).to(torch::kFloat16).to(torch::kFloat32) : scale0_;
+  p.step = learn_scale_ ? p.scale : step0_;
+  p.zero = zero_;
+  p.any_zero_step = p.step.eq(0).any().item<bool>();
+  Tensor codes, deq;
+  fg.quantize(divided(), p, &codes, &deq);
+
+  LayerQuantResult out;
+  out.dequantized = unpad(deq).contiguous();
+  out.weight_mse = (out.dequantized - w_).square().mean().item<double>();
+  Tensor c = unpad(codes).to(torch::kCPU, torch::kUInt8).contiguous();
+  Tensor scale = p.scale.reshape({-1}).to(torch::kCPU).contiguous();
+  Tensor zero = spec_.asymmetric ? p.zero.reshape({-1}).to(torch::kCPU).contiguous() : Tensor();
+  const int64_t n = num_slots(spec_, rows_, cols_);
+  if (scale.numel() != n) fail("internal: FlexRound has {} scales for {} slots", scale.numel(), n);
+  std::vector<GroupParams> params(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    params[i].scale = scale.data_ptr<float>()[i];
+    if (zero.defined()) params[i].zero = int(zero.data_ptr<float>()[i]);
+  }
+  out.q = QuantizedTensor::from_codes(spec_, rows_, cols_, c.data_ptr<uint8_t>(), params, tensor_scale_);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training.
+
+namespace {
+
+// Adam over params with lr · ½(1 + cos(π t / iters)) at step t.
+class CosineAdam {
+ public:
+  CosineAdam(std::vector<Tensor> params, const FlexRoundOptions& o)
+      : adam_(std::move(params), torch::optim::AdamOptions(o.lr)), lr_(o.lr), iters_(o.iters) {}
+  void step(int t, const Tensor& loss) {
+    double lr = lr_ * 0.5 * (1 + std::cos(M_PI * double(t) / double(iters_)));
+    for (auto& g : adam_.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+    adam_.zero_grad();
+    loss.backward();
+    adam_.step();
+  }
+
+ private:
+  torch::optim::Adam adam_;
+  double lr_;
+  int iters_;
+};
+
+void check_options(const FlexRoundOptions& o) {
+  if (o.iters < 0) fail("FlexRound: iterations must be >= 0, not {}", o.iters);
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) fail("FlexRound: the learning rate must be positive, not {}", o.lr);
+}
+
+// Minibatches of window indices: an explicit Fisher-Yates shuffle per epoch from a seeded
+// mt19937_64, so the order is the same on every machine.
+class Batches {
+ public:
+  Batches(int64_t n, int64_t batch, uint64_t seed) : n_(n), batch_(std::min(n, batch)), rng_(seed) {
+    for (int64_t i = 0; i < n; ++i) order_.push_back(i);
+    pos_ = n;  // shuffle on first use
+  }
+  Tensor next() {
+    if (pos_ + batch_ > n_) {
+      for (int64_t i = n_ - 1; i > 0; --i) std::swap(order_[i], order_[rng_() % uint64_t(i + 1)]);
+      pos_ = 0;
+    }
+    Tensor idx = torch::tensor(std::vector<int64_t>(order_.begin() + pos_, order_.begin() + pos_ + batch_), torch::kLong);
+    pos_ += batch_;
+    return idx;
+  }
+
+ private:
+  int64_t n_, batch_, pos_ = 0;
+  std::mt19937_64 rng_;
+  std::vector<int64_t> order_;
+};
+
+}  // namespace
+
+LayerQuantResult flexround_layer(const Tensor& W, const Tensor& H, const FormatSpec& spec, const FlexRoundOptions& o) {
+  check_options(o);
+  if (W.dim() != 2 || H.dim() != 2 || H.size(0) != W.size(1) || H.size(1) != W.size(1))
+    fail("FlexRound: H must be {}x{} for a {}x{} weight", W.size(1), W.size(1), W.size(0), W.size(1));
+  FlexRoundWeight fw(W, spec, o);
+  Tensor w = W.detach().to(torch::kFloat32);
+  Tensor h = H.detach().to(w.device(), torch::kFloat32);
+  auto loss_of = [&](const Tensor& what) {
+    Tensor d = what - w;
+    return d.mm(h).mul(d).sum();
+  };
+  double loss0;
+  {
+    torch::NoGradGuard no_grad;
+    loss0 = loss_of(fw.forward()).item<double>();
+  }
+  if (o.iters > 0 && loss0 > 0) {
+    torch::AutoGradMode grad(true);
+    CosineAdam opt(fw.parameters(), o);
+    Progress progress("flexround", size_t(o.iters), o.progress);
+    for (int t = 0; t < o.iters; ++t) {
+      opt.step(t, loss_of(fw.forward()) / loss0);  // normalised: the RTN loss is 1
+      progress.update(size_t(t + 1));
+    }
+    progress.finish();
+  }
+  LayerQuantResult r = fw.finish();
+  r.output_error = output_error(r.dequantized - w, H);
+  return r;
+}
+
+FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens, const FormatSpec& spec,
+                                const FlexRoundOptions& o) {
+  check_options(o);
+  if (calib_tokens.dim() != 2 || calib_tokens.size(0) < 1) fail("calibration tokens must be [samples, seqlen]");
+  auto start = std::chrono::steady_clock::now();
+  torch::NoGradGuard no_grad;
+  const int64_t n = calib_tokens.size(0), batch = std::max(1, o.batch);
+  const int layers = model.config().num_layers;
+  const auto& names = DecoderLayer::linear_names();
+
+  // Block l applied to every window, `batch` windows at a time.
+  auto run_block = [&](int l, const Tensor& x) {
+    std::vector<Tensor> ys;
+    for (int64_t s = 0; s < n; s += batch) ys.push_back(model.layer_forward(l, x.narrow(0, s, std::min(batch, n - s))));
+    return torch::cat(ys);
+  };
+  auto recon_loss = [&](int l, const Tensor& x, const Tensor& y) {
+    double sse = 0;
+    for (int64_t s = 0; s < n; s += batch) {
+      int64_t m = std::min(batch, n - s);
+      sse += (model.layer_forward(l, x.narrow(0, s, m)) - y.narrow(0, s, m)).square().sum(torch::kFloat64).item<double>();
+    }
+    return sse / double(y.numel());
+  };
+
+  std::vector<Tensor> xs;
+  for (int64_t s = 0; s < n; s += batch) xs.push_back(model.embed(calib_tokens.narrow(0, s, std::min(batch, n - s))));
+  Tensor x_fp = torch::cat(xs), x_q = x_fp;
+  xs.clear();
+
+  FlexRoundResult result;
+  Progress progress("flexround", size_t(layers) * size_t(std::max(o.iters, 1)), o.progress);
+  Batches batches(n, batch, o.seed);
+  for (int l = 0; l < layers; ++l) {
+    DecoderLayer& layer = model.layers()[l];
+    Tensor y = run_block(l, x_fp);  // the original block on the original inputs
+
+    std::vector<FlexRoundWeight> fws;
+    std::vector<Tensor> params;
+    for (const std::string& name : names) {
+      fws.emplace_back(layer.linear(name).weight, spec, o);
+      for (const Tensor& p : fws.back().parameters()) params.push_back(p);
+    }
+    // RTN: FlexRound's starting point (its value is exactly RTN's).
+    for (size_t i = 0; i < names.size(); ++i) layer.linear(names[i]).weight = fws[i].forward().detach();
+    const double before = recon_loss(l, x_q, y);
+    result.loss_before.push_back(before);
+
+    if (o.iters > 0 && before > 0) {
+      torch::AutoGradMode grad(true);
+      CosineAdam opt(params, o);
+      for (int t = 0; t < o.iters; ++t) {
+        Tensor idx = batches.next().to(x_q.device());
+        Tensor xb = x_q.index_select(0, idx), yb = y.index_select(0, idx);
+        for (size_t i = 0; i < names.size(); ++i) layer.linear(names[i]).weight = fws[i].forward();
+        Tensor loss = (model.layer_forward(l, xb) - yb).square().mean() / before;  // normalised: RTN's is ~1
+        opt.step(t, loss);
+        progress.update(size_t(l) * size_t(o.iters) + size_t(t + 1),
+                        fmt::format("block {}/{} loss {:.4f}", l + 1, layers, loss.item<double>()));
+      }
+    }
+    for (size_t i = 0; i < names.size(); ++i) {
+      LayerQuantResult r = fws[i].finish();
+      layer.linear(names[i]).weight = r.dequantized;
+      result.layers[fmt::format("model.layers.{}.{}.weight", l, names[i])] = std::move(r);
+    }
+    result.loss_after.push_back(recon_loss(l, x_q, y));
+    x_q = run_block(l, x_q);  // the next block's inputs from the quantized model
+    x_fp = y;
+  }
+  progress.finish();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace lowbit
