@@ -34,6 +34,14 @@ void check_finite(const FormatSpec& spec, const Tensor& stored, const Tensor& x)
   fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), x.abs().max().item<float>());
 }
 
+// x ([..., block]) viewed as [..., sub-blocks, sub-block], for the K types' sub-block scales.
+Tensor sub_block_view(const GgmlFormatInfo& info, const Tensor& x) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = info.block / info.sub_block;
+  shape.push_back(info.sub_block);
+  return x.reshape(shape);
+}
+
 // The weight of largest magnitude along the last dim, with its sign (the first on ties).
 Tensor signed_max(const Tensor& x) { return x.gather(-1, x.abs().argmax(-1, true)); }
 
@@ -71,10 +79,7 @@ SlotParams fit_ggml(const FormatSpec& spec, const Tensor& x, float clip) {
       break;
     }
     case GGMLType::Q4_K: {
-      std::vector<int64_t> subs = keep;
-      subs.back() = info.block / info.sub_block;
-      subs.push_back(info.sub_block);
-      Tensor xs = x.reshape(subs);  // [..., 8, 32]
+      Tensor xs = sub_block_view(info, x);  // [..., 8, 32]
       Tensor lo = xs.amin(-1, true).clamp_max_(0).mul_(clip), hi = xs.amax(-1, true).mul_(clip);
       Tensor s = (hi - lo).div_(15.0f), mn = lo.neg();  // [..., 8, 1]
       p.scale = to_fp16_value(s.amax(-2).div_(63.0f));   // [..., 1]
@@ -87,10 +92,7 @@ SlotParams fit_ggml(const FormatSpec& spec, const Tensor& x, float clip) {
       break;
     }
     case GGMLType::Q6_K: {
-      std::vector<int64_t> subs = keep;
-      subs.back() = info.block / info.sub_block;
-      subs.push_back(info.sub_block);
-      Tensor s = signed_max(x.reshape(subs)).mul_(clip / -32.0f);  // [..., 16, 1]
+      Tensor s = signed_max(sub_block_view(info, x)).mul_(clip / -32.0f);  // [..., 16, 1]
       p.scale = to_fp16_value(signed_max(s.squeeze(-1)).div_(-128.0f));  // [..., 1]
       p.sub_scale = ratio_code(s, p.scale.unsqueeze(-1), -128, 127);
       p.step = p.scale.unsqueeze(-1) * p.sub_scale;
@@ -108,8 +110,7 @@ void quantize_ggml(const FormatSpec& spec, const Grid* grid, const Tensor& x, co
                    Tensor* grid_values, Tensor* codes, Tensor* dequantized) {
   const GgmlFormatInfo& info = ggml_format_info(spec);
   if (info.is_float) {
-    auto dtype = info.type == GGMLType::F16 ? torch::kFloat16 : info.type == GGMLType::BF16 ? torch::kBFloat16 : torch::kFloat32;
-    Tensor v = x.to(dtype).to(torch::kFloat32);
+    Tensor v = x.to(ggml_float_dtype(spec)).to(torch::kFloat32);
     if (codes) *codes = torch::zeros(x.sizes(), x.options().dtype(torch::kInt32));
     if (dequantized) *dequantized = v;
     if (grid_values) *grid_values = std::move(v);
@@ -117,14 +118,8 @@ void quantize_ggml(const FormatSpec& spec, const Grid* grid, const Tensor& x, co
   }
   // K types: values as [..., sub-blocks, sub-block] against [..., sub-blocks, 1] params. A GPTQ
   // column (params already per element) needs no view.
-  Tensor xs = x;
   const bool view_subs = p.step.dim() == x.dim() + 1;
-  if (view_subs) {
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = info.block / info.sub_block;
-    shape.push_back(info.sub_block);
-    xs = x.reshape(shape);
-  }
+  const Tensor xs = view_subs ? sub_block_view(info, x) : x;
   Tensor t = p.offset.defined() ? (xs - p.offset).div_(p.step) : xs / p.step;
   if (p.any_zero_step) t.masked_fill_(p.step.eq(0), 0.0f);
   Tensor v;
@@ -136,6 +131,15 @@ void quantize_ggml(const FormatSpec& spec, const Grid* grid, const Tensor& x, co
   }
   if (codes && view_subs) *codes = codes->reshape(x.sizes());
   if (grid_values) *grid_values = view_subs ? v.reshape(x.sizes()) : v;
+}
+
+torch::ScalarType ggml_float_dtype(const FormatSpec& spec) {
+  switch (ggml_type_of(spec)) {
+    case GGMLType::F16: return torch::kFloat16;
+    case GGMLType::BF16: return torch::kBFloat16;
+    case GGMLType::F32: return torch::kFloat32;
+    default: fail("internal: {} is not a float type", spec.str());
+  }
 }
 
 std::vector<GgmlExtra> ggml_extras(const FormatSpec& spec) {

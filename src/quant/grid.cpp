@@ -255,6 +255,7 @@ SlotParams FormatGrid::fit(const Tensor& x, float clip, float tensor_scale, int6
         e4m3_.encode(amax / (6.0f * tensor_scale), nullptr, &p.scale);
         p.step = p.scale * tensor_scale;
         break;
+      case Scaling::Ggml: break;  // returned by fit_ggml above
     }
   }
   p.any_zero_step = p.step.eq(0).any().item<bool>();

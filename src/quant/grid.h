@@ -116,6 +116,8 @@ float clip_ratio(int k, int steps, float min_clip);
 // every range shrunk by clip; and round-to-grid of x under such params (codes and/or
 // dequantized values, either may be null). grid is null for the float types.
 SlotParams fit_ggml(const FormatSpec& spec, const torch::Tensor& x, float clip);
+// The LibTorch dtype of GGUF's float types (gguf:f16, bf16, f32).
+torch::ScalarType ggml_float_dtype(const FormatSpec& spec);
 void quantize_ggml(const FormatSpec& spec, const Grid* grid, const torch::Tensor& x, const SlotParams& p,
                    torch::Tensor* grid_values, torch::Tensor* codes, torch::Tensor* dequantized);
 

@@ -69,8 +69,7 @@ QuantizedTensor to_ggml_tensor(const FormatSpec& spec, int64_t rows, int64_t col
   const GgmlFormatInfo& info = ggml_format_info(spec);
   std::vector<uint8_t> bytes(size_t(rows * ggml_row_bytes(spec, cols)));
   if (info.is_float) {
-    auto dtype = info.type == GGMLType::F16 ? torch::kFloat16 : info.type == GGMLType::BF16 ? torch::kBFloat16 : torch::kFloat32;
-    torch::Tensor v = r.dequantized.to(torch::kCPU).to(dtype).contiguous();
+    torch::Tensor v = r.dequantized.to(torch::kCPU).to(ggml_float_dtype(spec)).contiguous();
     std::memcpy(bytes.data(), v.data_ptr(), bytes.size());
   } else {
     GGMLBlocks b;
