@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   lowbit::cli::add_eval(app);
   lowbit::cli::add_quantize(app);
   lowbit::cli::add_export(app);
+  lowbit::cli::add_plan(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
