@@ -170,6 +170,69 @@ json read_quantization_config(const SafetensorsModel& weights) {
   fail("{}: no quantization_config in the safetensors metadata", weights.path());
 }
 
+void QuantizedCheckpointWriter::add_outliers(const std::string& name, const StoredOutliers& o) {
+  const int64_t nnz = int64_t(o.values.size());
+  if (int64_t(o.row_ptr.size()) != o.rows + 1 || int64_t(o.col.size()) != nnz)
+    fail("internal: outliers of '{}' have inconsistent sizes", name);
+  auto bytes_of = [](const auto& v) {
+    std::vector<uint8_t> b(v.size() * sizeof(v[0]));
+    std::memcpy(b.data(), v.data(), b.size());
+    return b;
+  };
+  add({name + ".outlier_rowptr", DType::I32, {o.rows + 1}, bytes_of(o.row_ptr)});
+  if (o.cols <= 65535) {
+    std::vector<uint16_t> c(o.col.begin(), o.col.end());
+    add({name + ".outlier_cols", DType::U16, {nnz}, bytes_of(c)});
+  } else {
+    add({name + ".outlier_cols", DType::I32, {nnz}, bytes_of(o.col)});
+  }
+  add({name + ".outlier_values", DType::F16, {nnz}, bytes_of(o.values)});
+  maybe_flush();
+}
+
+StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string& name, int64_t rows, int64_t cols) {
+  StoredOutliers o;
+  o.rows = rows, o.cols = cols;
+  const SafetensorsTensor& ptr = weights.tensor(name + ".outlier_rowptr");
+  const SafetensorsTensor& col = weights.tensor(name + ".outlier_cols");
+  const SafetensorsTensor& val = weights.tensor(name + ".outlier_values");
+  auto bad = [&](const SafetensorsTensor& t, const std::string& why) {
+    fail("{}: '{}' {}", t.file, t.name, why);
+  };
+  if (ptr.dtype != DType::I32 || ptr.shape != std::vector<int64_t>{rows + 1})
+    bad(ptr, fmt::format("must be I32 [{}]", rows + 1));
+  if (val.dtype != DType::F16 || val.shape.size() != 1) bad(val, "must be a 1-D F16 tensor");
+  const int64_t nnz = val.shape[0];
+  const DType col_dtype = cols <= 65535 ? DType::U16 : DType::I32;
+  if (col.dtype != col_dtype || col.shape != std::vector<int64_t>{nnz})
+    bad(col, fmt::format("must be {} [{}]", dtype_name(col_dtype), nnz));
+  o.row_ptr.resize(size_t(rows + 1));
+  std::memcpy(o.row_ptr.data(), ptr.data, ptr.nbytes);
+  o.values.resize(size_t(nnz));
+  std::memcpy(o.values.data(), val.data, val.nbytes);
+  o.col.resize(size_t(nnz));
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (col_dtype == DType::U16) {
+      uint16_t c;
+      std::memcpy(&c, col.data + 2 * i, 2);
+      o.col[size_t(i)] = c;
+    } else {
+      std::memcpy(&o.col[size_t(i)], col.data + 4 * i, 4);
+    }
+  }
+  if (o.row_ptr[0] != 0 || o.row_ptr[size_t(rows)] != nnz) bad(ptr, "does not run from 0 to the number of outliers");
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t b = o.row_ptr[size_t(r)], e = o.row_ptr[size_t(r + 1)];
+    if (e < b) bad(ptr, "is not monotone");
+    for (int32_t i = b; i < e; ++i)
+      if (o.col[size_t(i)] < 0 || o.col[size_t(i)] >= cols || (i > b && o.col[size_t(i)] <= o.col[size_t(i - 1)]))
+        bad(col, fmt::format("holds a column out of range or out of order in row {}", r));
+  }
+  for (uint16_t v : o.values)
+    if ((v & 0x7c00) == 0x7c00) bad(val, "holds a value that is not finite");
+  return o;
+}
+
 QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std::string& name, const json& tc) {
   QuantizedTensor q;
   try {

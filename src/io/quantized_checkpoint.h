@@ -6,6 +6,12 @@
 //   NAME.qzeros  U8  [slots]                      zero points, asymmetric integers only
 // or, for GGUF types (format/ggml_formats.h), ggml's own blocks:
 //   NAME.qblocks U8  [rows, row bytes]            exactly as a GGUF file stores the rows
+// A weight quantized with outliers (GWQ / SpQR: a few weights kept in fp16 beside the low-bit
+// part, quant/outliers.h) also has, in CSR form:
+//   NAME.outlier_rowptr I32 [rows + 1]   row r's outliers are entries rowptr[r] .. rowptr[r+1]-1
+//   NAME.outlier_cols   U16 [nnz]        (I32 when cols > 65535), increasing within a row
+//   NAME.outlier_values F16 [nnz]        the value the layer computes with at that position
+// and its "tensors" entry an "outliers" object ({"rule": "gradient:1", "count": nnz}).
 // Every other tensor (embeddings, norms, biases) is stored as F32 under its own name.
 // The safetensors metadata key "quantization_config" holds a JSON object that records, per
 // tensor, its format, method and parameters ("tensors"), and per linear input its activation
@@ -28,6 +34,15 @@ namespace lowbit {
 
 constexpr const char* kQuantMethodName = "lowbit";
 
+// The sparse part of a weight with outliers, as stored (no LibTorch here; quant/outliers.h
+// converts to and from SparseOutliers).
+struct StoredOutliers {
+  int64_t rows = 0, cols = 0;
+  std::vector<int32_t> row_ptr;  // [rows + 1]
+  std::vector<int32_t> col;      // [nnz]
+  std::vector<uint16_t> values;  // [nnz] fp16 bit patterns
+};
+
 class QuantizedCheckpointWriter {
  public:
   // hf_config: the model's config.json object. max_shard_bytes bounds the memory held.
@@ -37,6 +52,7 @@ class QuantizedCheckpointWriter {
 
   void add_float(const std::string& name, std::vector<int64_t> shape, const float* data);
   void add_quantized(const std::string& name, const QuantizedTensor& q);
+  void add_outliers(const std::string& name, const StoredOutliers& o);  // after add_quantized(name)
 
   // Writes the last shard, the index, config.json, copies tokenizer files from tokenizer_dir (if
   // not empty), and moves the directory into place (replacing an older output).
@@ -65,6 +81,10 @@ class QuantizedCheckpointWriter {
 // Rebuilds a QuantizedTensor from the stored tensors of NAME and its entry in "tensors".
 QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std::string& name,
                                       const nlohmann::json& tensor_config);
+
+// The outliers stored for NAME ([rows, cols]), validated: pointers monotone from 0 to nnz, columns
+// in range and increasing within each row, values finite. Error naming the file otherwise.
+StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string& name, int64_t rows, int64_t cols);
 
 // The "quantization_config" of a quantized checkpoint directory's safetensors (Error if absent).
 nlohmann::json read_quantization_config(const SafetensorsModel& weights);

@@ -124,6 +124,9 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
   std::map<GGMLType, int64_t> weights_of_type;
   for (const auto& [name, tc] : stored.items()) {
     FormatSpec spec = FormatSpec::parse(tc.at("format").get<std::string>());
+    if (tc.contains("outliers"))
+      fail("GGUF export: {} keeps fp16 outliers beside its low-bit part, which llama.cpp cannot run; quantize "
+           "without --outliers, or export --dequantize", name);
     auto type = gguf_type_of_stored(spec);
     if (!type)
       fail("GGUF export: {} is quantized as {}, which no GGUF type holds exactly; quantize with --format gguf:<type> "

@@ -7,11 +7,20 @@
 #include "format/quantized_tensor.h"
 #include "io/quantized_checkpoint.h"
 #include "model/weight_source.h"
+#include "quant/outliers.h"
 #include "util/error.h"
 
 namespace lowbit {
 
 namespace {
+
+// The stored pieces of a quantized weight (quantized_checkpoint.h), not tensors of their own.
+bool is_quantized_part(const std::string& n) {
+  for (const char* suffix : {".qcodes", ".qscales", ".qzeros", ".qblocks", ".outlier_rowptr", ".outlier_cols",
+                             ".outlier_values"})
+    if (n.ends_with(suffix)) return true;
+  return false;
+}
 
 class QuantizedSource : public WeightSource {
  public:
@@ -35,8 +44,7 @@ class QuantizedSource : public WeightSource {
     std::vector<std::string> out;
     for (const auto& [name, tc] : qconfig_["tensors"].items()) out.push_back(name);
     for (const std::string& n : weights_.names())
-      if (!n.ends_with(".qcodes") && !n.ends_with(".qscales") && !n.ends_with(".qzeros") && !n.ends_with(".qblocks"))
-        out.push_back(n);
+      if (!is_quantized_part(n)) out.push_back(n);
     return out;
   }
 
@@ -53,7 +61,9 @@ class QuantizedSource : public WeightSource {
   torch::Tensor get(const std::string& name) const override {
     if (auto q = get_quantized(name)) {
       std::vector<float> w = dequantize(*q);
-      return torch::from_blob(w.data(), {q->rows, q->cols}, torch::kFloat32).clone();
+      torch::Tensor W = torch::from_blob(w.data(), {q->rows, q->cols}, torch::kFloat32).clone();
+      if (!qconfig_["tensors"][name].contains("outliers")) return W;
+      return SparseOutliers::from_stored(read_outliers(weights_, name, q->rows, q->cols)).apply(W);
     }
     const SafetensorsTensor& t = weights_.tensor(name);
     torch::Tensor out = torch::empty(t.shape, torch::kFloat32);

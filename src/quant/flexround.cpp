@@ -224,6 +224,12 @@ LayerQuantResult flexround_layer(const Tensor& W, const Tensor& H, const FormatS
 
 FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens, const FormatSpec& spec,
                                 const FlexRoundOptions& o) {
+  return flexround_model(model, calib_tokens, [&](const std::string&) { return spec; }, o);
+}
+
+FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
+                                const std::function<FormatSpec(const std::string&)>& format_of,
+                                const FlexRoundOptions& o) {
   check_options(o);
   if (calib_tokens.dim() != 2 || calib_tokens.size(0) < 1) fail("calibration tokens must be [samples, seqlen]");
   auto start = std::chrono::steady_clock::now();
@@ -262,7 +268,7 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens, c
     std::vector<FlexRoundWeight> fws;
     std::vector<Tensor> params;
     for (const std::string& name : names) {
-      fws.emplace_back(layer.linear(name).weight, spec, o);
+      fws.emplace_back(layer.linear(name).weight, format_of(fmt::format("model.layers.{}.{}.weight", l, name)), o);
       for (const Tensor& p : fws.back().parameters()) params.push_back(p);
     }
     // RTN: FlexRound's starting point (its value is exactly RTN's).

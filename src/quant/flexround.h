@@ -58,6 +58,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -145,6 +146,10 @@ struct FlexRoundResult {
 // calibration windows calib_tokens [samples, seqlen] (calib/calib_data.h). Replaces each linear
 // weight of the model with its dequantized FlexRound result.
 FlexRoundResult flexround_model(LlamaModel& model, const torch::Tensor& calib_tokens, const FormatSpec& spec,
+                                const FlexRoundOptions& options);
+// The same with a format per layer (a mixed-precision plan): format_of(HF weight name).
+FlexRoundResult flexround_model(LlamaModel& model, const torch::Tensor& calib_tokens,
+                                const std::function<FormatSpec(const std::string&)>& format_of,
                                 const FlexRoundOptions& options);
 
 }  // namespace lowbit

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "quant/methods.h"
@@ -166,6 +167,33 @@ SparseOutliers SparseOutliers::from_mask(const Tensor& W, const Tensor& mask) {
   return s;
 }
 
+StoredOutliers SparseOutliers::to_stored() const {
+  StoredOutliers o;
+  o.rows = rows, o.cols = cols;
+  Tensor p = row_ptr.to(torch::kCPU, torch::kInt32).contiguous();
+  Tensor c = columns().to(torch::kInt32).contiguous();
+  o.row_ptr.assign(p.data_ptr<int32_t>(), p.data_ptr<int32_t>() + p.numel());
+  o.col.assign(c.data_ptr<int32_t>(), c.data_ptr<int32_t>() + c.numel());
+  if (nnz() > 0) {
+    Tensor v = values.to(torch::kCPU).contiguous().view(torch::kInt16);
+    o.values.resize(size_t(nnz()));
+    std::memcpy(o.values.data(), v.data_ptr<int16_t>(), o.values.size() * 2);
+  }
+  return o;
+}
+
+SparseOutliers SparseOutliers::from_stored(const StoredOutliers& o) {
+  SparseOutliers s;
+  s.rows = o.rows, s.cols = o.cols;
+  const int64_t nnz = int64_t(o.values.size());
+  s.row_ptr = torch::tensor(o.row_ptr, torch::kInt32);
+  Tensor c = torch::tensor(o.col, torch::kInt32).to(torch::kInt64);
+  s.col_idx = index_bits(o.cols) == 16 ? torch::where(c >= 32768, c - 65536, c).to(torch::kInt16) : c.to(torch::kInt32);
+  s.values = torch::empty({nnz}, torch::kFloat16);
+  if (nnz > 0) std::memcpy(s.values.data_ptr(), o.values.data(), size_t(nnz) * 2);
+  return s;
+}
+
 Tensor SparseOutliers::columns() const {
   if (nnz() == 0) return torch::zeros({0}, torch::kInt64);
   Tensor c = col_idx.to(torch::kInt64);
@@ -204,8 +232,32 @@ Tensor SparseOutliers::apply(const Tensor& W_hat) const {
   return out;
 }
 
-int64_t SparseOutliers::bits() const {
-  return nnz() == 0 ? 0 : 32 * (rows + 1) + int64_t(index_bits(cols) + 16) * nnz();
+int64_t SparseOutliers::bits(int64_t rows, int64_t cols, int64_t nnz) {
+  return nnz == 0 ? 0 : 32 * (rows + 1) + int64_t(index_bits(cols) + 16) * nnz;
+}
+
+std::map<std::string, Tensor> gradient_outlier_masks(LlamaModel& model, const Tensor& tokens, Saliency rule,
+                                                     double percent, bool global, GradientOptions options) {
+  if (rule == Saliency::Hessian) fail("outliers: the Hessian rule needs no gradients; use hessian_saliency");
+  options.keep_fisher = rule == Saliency::Fisher && tokens.size(0) > 1;
+  options.keep_grad = !options.keep_fisher;
+  std::map<std::string, Tensor> masks;
+  std::vector<std::pair<std::string, Tensor>> saliencies;  // global only
+  compute_gradients(model, tokens, options, [&](int layer, const std::string& name, LayerGradient&& g) {
+    // name is "model.layers.<layer>.<short name>.weight"
+    const size_t prefix = fmt::format("model.layers.{}.", layer).size();
+    const std::string short_name = name.substr(prefix, name.size() - prefix - std::string(".weight").size());
+    Tensor s = gradient_saliency(rule, model.layers()[layer].linear(short_name).weight, g).to(torch::kCPU);
+    if (global) saliencies.emplace_back(name, s);
+    else masks[name] = select_outliers(s, percent);
+  });
+  if (global) {
+    std::vector<Tensor> all;
+    for (auto& [name, s] : saliencies) all.push_back(s);
+    std::vector<Tensor> selected = select_outliers_global(all, percent);
+    for (size_t i = 0; i < saliencies.size(); ++i) masks[saliencies[i].first] = selected[i];
+  }
+  return masks;
 }
 
 // --- Quantization -----------------------------------------------------------------------------

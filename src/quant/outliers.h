@@ -10,10 +10,12 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "io/quantized_checkpoint.h"
 #include "quant/gradients.h"
 #include "quant/quantizer.h"
 
@@ -58,6 +60,15 @@ torch::Tensor select_outliers(const torch::Tensor& saliency, double percent);
 // row-major index. Memory: one float32 copy of all saliencies. Masks in the list's order.
 std::vector<torch::Tensor> select_outliers_global(const std::vector<torch::Tensor>& saliencies, double percent);
 
+// GWQ's selection for a whole model: the LM-loss gradients on tokens ([N, T] calibration windows,
+// gradients.h) of every decoder linear, turned into saliency (Gradient, GradientWeight or Fisher)
+// and masks of the top percent per layer, or over all layers together when global. Masks are bool
+// on the CPU, keyed by HF weight name. Memory: per layer, one block's gradients at a time; global
+// selection holds every layer's saliency (one float32 copy of the decoder linears).
+std::map<std::string, torch::Tensor> gradient_outlier_masks(LlamaModel& model, const torch::Tensor& tokens,
+                                                            Saliency rule, double percent, bool global,
+                                                            GradientOptions options = {});
+
 // --- Storage ----------------------------------------------------------------------------------
 
 // The outliers of one [rows, cols] weight in CSR form, on the CPU:
@@ -77,6 +88,10 @@ struct SparseOutliers {
   // ties to even). Throws if a value is not finite in fp16 or the shapes differ.
   static SparseOutliers from_mask(const torch::Tensor& W, const torch::Tensor& mask);
 
+  // The stored form (io/quantized_checkpoint.h) and back; from_stored trusts read_outliers' checks.
+  StoredOutliers to_stored() const;
+  static SparseOutliers from_stored(const StoredOutliers& stored);
+
   torch::Tensor columns() const;                                     // int64 [nnz]
   torch::Tensor mask(torch::Device device = torch::kCPU) const;      // bool [rows, cols]
   torch::Tensor dense(torch::Device device = torch::kCPU) const;     // float32 [rows, cols], 0 elsewhere
@@ -92,7 +107,8 @@ struct SparseOutliers {
   // Storage cost: 32 (rows + 1) pointer bits + index_bits(cols) nnz + 16 nnz value bits; 0 when
   // there is no outlier (then no sparse part is stored). The pointers cost 32 / cols bits per
   // weight: 0.008 for 4096 columns, but 0.5 for stories260K's 64.
-  int64_t bits() const;
+  int64_t bits() const { return bits(rows, cols, nnz()); }
+  static int64_t bits(int64_t rows, int64_t cols, int64_t nnz);  // the same for any nnz
   static int index_bits(int64_t cols) { return cols <= 65535 ? 16 : 32; }
 };
 

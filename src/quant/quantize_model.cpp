@@ -11,6 +11,7 @@
 #include "io/quantized_checkpoint.h"
 #include "model/model_loader.h"
 #include "quant/activation.h"
+#include "quant/outliers.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -33,11 +34,22 @@ double wa_output_error(const torch::Tensor& X, const torch::Tensor& W, const tor
 nlohmann::json job_params(const QuantizeJob& job) {
   std::vector<std::string> cands;
   for (const auto& c : job.candidates) cands.push_back(c.str());
-  nlohmann::json p = {{"method", method_name(job.layer.method)},
+  nlohmann::json p = {{"method", job.flexround ? "flexround" : method_name(job.layer.method)},
                       {"candidates", cands},
                       {"metric", metric_name(job.metric)},
                       {"activations", job.quantize_activations}};
-  if (job.layer.method == QuantMethod::GPTQ)
+  if (!job.plan.empty()) {
+    p.erase("candidates");
+    p["plan"] = nlohmann::json::object();
+    for (const auto& [name, scheme] : job.plan) p["plan"][name] = scheme.str();
+  }
+  if (job.outliers) p["outliers"] = {{"rule", job.outliers->str()}, {"global", job.outliers_global}};
+  if (job.outliers || !job.plan.empty()) p["gwq_samples"] = job.gwq_samples;
+  if (job.flexround)
+    p["flexround"] = {{"iters", job.flexround->iters}, {"lr", job.flexround->lr}, {"batch", job.flexround->batch},
+                      {"learn_scale", job.flexround->learn_scale}, {"input_divisor", job.flexround->input_divisor},
+                      {"seed", job.flexround->seed}};
+  else if (job.layer.method == QuantMethod::GPTQ)
     p["gptq"] = {{"damp", job.layer.gptq.damp},
                  {"block_size", job.layer.gptq.block_size},
                  {"act_order", job.layer.gptq.act_order},
@@ -54,8 +66,67 @@ nlohmann::json job_params(const QuantizeJob& job) {
 
 }  // namespace
 
+namespace {
+
+// Each layer's schemes to choose from: its plan entry, or every candidate with the job's outliers.
+std::vector<LayerScheme> schemes_of(const QuantizeJob& job, const std::string& name) {
+  if (!job.plan.empty()) return {job.plan.at(name)};
+  std::vector<LayerScheme> out;
+  for (const FormatSpec& c : job.candidates) out.push_back({c, job.outliers});
+  return out;
+}
+
+std::vector<LayerScheme> all_schemes(const QuantizeJob& job) {
+  std::vector<LayerScheme> out;
+  for (const auto& [name, s] : job.plan) out.push_back(s);
+  for (const FormatSpec& c : job.candidates) out.push_back({c, job.outliers});
+  return out;
+}
+
+bool uses_outliers(const QuantizeJob& job, bool gradients) {
+  for (const LayerScheme& s : all_schemes(job))
+    if (s.outliers && s.outliers->percent > 0 && (!gradients || s.outliers->needs_gradients())) return true;
+  return false;
+}
+
+bool uses_hessian_outliers(const QuantizeJob& job) {
+  for (const LayerScheme& s : all_schemes(job))
+    if (s.outliers && s.outliers->saliency == Saliency::Hessian) return true;
+  return false;
+}
+
+void check_job(const QuantizeJob& job) {
+  if (job.candidates.empty() && job.plan.empty()) fail("quantize: no format given");
+  if (!job.plan.empty() && job.outliers) fail("quantize: a plan names each layer's outliers; drop --outliers");
+  for (const LayerScheme& s : all_schemes(job)) {
+    if (job.quantize_activations && s.format.scaling() == Scaling::Ggml)
+      fail("quantize: {} is a GGUF weight type; activation quantization needs lowbit formats (int8, fp8_e4m3)",
+           s.format.str());
+    if (s.outliers && s.format.scaling() == Scaling::Ggml)
+      fail("quantize: {}: llama.cpp has no sparse fp16 part, so GGUF types take no outliers", s.str());
+  }
+  if (job.quantize_activations && uses_outliers(job, false))
+    fail("quantize: outliers and activation quantization do not combine");
+  if (job.outliers_global && (!job.outliers || !job.outliers->needs_gradients()))
+    fail("quantize: global outlier selection needs a gradient rule (gradient, gradient-weight, fisher)");
+  if (job.gwq_samples < 1) fail("quantize: --gwq-samples must be at least 1");
+  if (job.flexround) {
+    if (job.plan.empty() && job.candidates.size() != 1)
+      fail("quantize: FlexRound takes one format (--format) or a plan, not a MoFQ list");
+    if (uses_outliers(job, false)) fail("quantize: FlexRound does not take outliers");
+    if (job.quantize_activations) fail("quantize: FlexRound quantizes weights only; drop --w8a8");
+    for (const LayerScheme& s : all_schemes(job))
+      if (s.format.scaling() == Scaling::Ggml)
+        fail("quantize: FlexRound does not fit GGUF types' scale encodings; use int4:g32 (exported as Q4_0) or "
+             "int8:g32 (Q8_0)");
+  }
+}
+
+}  // namespace
+
 bool needs_calibration(const QuantizeJob& job) {
-  return job.layer.method == QuantMethod::GPTQ || job.metric == MofqMetric::OutputError || job.quantize_activations;
+  return job.layer.method == QuantMethod::GPTQ || job.flexround || uses_outliers(job, false) ||
+         job.metric == MofqMetric::OutputError || job.quantize_activations;
 }
 
 nlohmann::json QuantizeReport::to_json() const {
@@ -69,6 +140,7 @@ nlohmann::json QuantizeReport::to_json() const {
                                                                         : nlohmann::json(l.output_error)},
                            {"bits_per_weight", l.bits_per_weight},
                            {"shape", {l.rows, l.cols}},
+                           {"outliers", l.outliers},
                            {"note", l.note}});
   return {{"bits_per_weight", bits_per_weight},
           {"quantized_weights", quantized_weights},
@@ -79,18 +151,52 @@ nlohmann::json QuantizeReport::to_json() const {
 
 QuantizeReport quantize_model(const QuantizeJob& job) {
   auto t0 = std::chrono::steady_clock::now();
-  if (job.candidates.empty()) fail("quantize: no format given");
-  for (const FormatSpec& c : job.candidates)
-    if (job.quantize_activations && c.scaling() == Scaling::Ggml)
-      fail("quantize: {} is a GGUF weight type; activation quantization needs lowbit formats (int8, fp8_e4m3)", c.str());
+  check_job(job);
   if (needs_calibration(job) && job.calib.file.empty())
     fail("quantize: {} needs calibration text: pass --calib FILE",
-         job.layer.method == QuantMethod::GPTQ ? "GPTQ"
+         job.flexround                         ? "FlexRound"
+         : job.layer.method == QuantMethod::GPTQ ? "GPTQ"
+         : uses_outliers(job, false)          ? "choosing outliers"
          : job.quantize_activations           ? "activation quantization"
                                               : "the output-error metric");
   LoadedModel m = load_model(job.model, job.tokenizer);
   LlamaModel& model = *m.model;
   if (m.source->quantization_config().is_object()) fail("{} is already quantized", job.model);
+  const int num_layers = model.config().num_layers;
+  if (!job.plan.empty()) {
+    size_t found = 0;
+    for (int l = 0; l < num_layers; ++l)
+      for (const std::string& short_name : DecoderLayer::linear_names()) {
+        std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
+        if (!job.plan.count(name)) fail("quantize: the plan has no entry for {} (a plan made for another model?)", name);
+        ++found;
+      }
+    if (found != job.plan.size()) fail("quantize: the plan names layers this model does not have");
+  }
+
+  torch::Tensor calib_tokens;
+  if (needs_calibration(job)) {
+    CalibOptions calib = job.calib;
+    calib.seqlen = std::min(calib.seqlen, model.config().max_position_embeddings);
+    calib_tokens = sample_calibration(*m.tokenizer, calib).to(model.device());
+  }
+  // GWQ: outlier masks from the full-precision model's gradients, per distinct gradient rule.
+  std::map<std::string, std::map<std::string, torch::Tensor>> gradient_masks;  // rule -> name -> mask
+  for (const LayerScheme& s : all_schemes(job)) {
+    if (!s.outliers || !s.outliers->needs_gradients() || s.outliers->percent == 0) continue;
+    if (gradient_masks.count(s.outliers->str())) continue;
+    GradientOptions go;
+    go.progress = job.progress;
+    torch::Tensor tokens = calib_tokens.narrow(0, 0, std::min<int64_t>(job.gwq_samples, calib_tokens.size(0)));
+    gradient_masks[s.outliers->str()] = gradient_outlier_masks(model, tokens, s.outliers->saliency,
+                                                               s.outliers->percent, job.outliers_global, go);
+  }
+  auto outlier_mask = [&](const std::string& name, const LayerScheme& s, const torch::Tensor& W,
+                          const torch::Tensor& H) -> torch::Tensor {
+    if (!s.outliers || s.outliers->percent == 0) return torch::zeros_like(W, torch::kBool);
+    if (s.outliers->needs_gradients()) return gradient_masks.at(s.outliers->str()).at(name);
+    return select_outliers(hessian_saliency(W, H, s.format, job.layer), s.outliers->percent);
+  };
 
   std::unique_ptr<QuantizedCheckpointWriter> writer;
   if (!job.out.empty()) writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json());
@@ -99,12 +205,14 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
 
   // Embedding and head first, so that calibration runs on them as they will be.
   const bool tied = !m.source->has("lm_head.weight");
-  const bool gguf_job = std::all_of(job.candidates.begin(), job.candidates.end(),
-                                    [](const FormatSpec& c) { return c.scaling() == Scaling::Ggml; });
+  // (With a plan of GGUF types, the embedding type follows the first layer's.)
+  const std::vector<LayerScheme> schemes = all_schemes(job);
+  const bool gguf_job = std::all_of(schemes.begin(), schemes.end(),
+                                    [](const LayerScheme& s) { return s.format.scaling() == Scaling::Ggml; });
   auto embedding_format = [&](bool is_output) -> std::optional<FormatSpec> {
     const std::optional<FormatSpec>& given = is_output ? job.output_format : job.embed_format;
     if (given || !gguf_job) return given;
-    return gguf_embedding_type(job.candidates[0], is_output);
+    return gguf_embedding_type(schemes_of(job, "model.layers.0.self_attn.q_proj.weight")[0].format, is_output);
   };
   std::set<std::string> quantized_extras;
   auto quantize_extra = [&](const std::string& name, torch::Tensor& weight, const std::optional<FormatSpec>& format) {
@@ -133,17 +241,63 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     }
   double bits_sum = 0;
 
+  // Writes one quantized linear into the checkpoint and the report, and puts it into the model.
+  auto record = [&](const std::string& name, Linear& linear, const LayerScheme& scheme, LayerQuantResult r,
+                    std::vector<double> errors, const SparseOutliers* outliers, const std::string& note) {
+    const FormatSpec& spec = scheme.format;
+    const int64_t nnz = outliers ? outliers->nnz() : 0;
+    const double bits = bits_per_weight(spec, r.q.rows, r.q.cols) * double(r.q.rows * r.q.cols) +
+                        double(outliers ? outliers->bits() : 0);
+    LayerReport lr{name, scheme.str(), std::move(errors), r.weight_mse, r.output_error,
+                   bits / double(r.q.rows * r.q.cols), r.q.rows, r.q.cols, note, nnz};
+    nlohmann::json tc = {{"format", spec.str()},
+                         {"method", job.flexround ? "flexround" : method_name(job.layer.method)},
+                         {"shape", {r.q.rows, r.q.cols}},
+                         {"bits_per_weight", lr.bits_per_weight},
+                         {"weight_mse", r.weight_mse}};
+    if (spec.scaling() == Scaling::NV) tc["tensor_scale"] = r.q.tensor_scale;
+    if (!std::isnan(r.output_error)) tc["output_error"] = r.output_error;
+    if (nnz > 0) tc["outliers"] = {{"rule", scheme.outliers->str()}, {"count", nnz}};
+    tensors[name] = tc;
+    if (writer) writer->add_quantized(name, r.q);
+    if (writer && nnz > 0) writer->add_outliers(name, outliers->to_stored());
+    linear.weight = r.dequantized;
+    bits_sum += bits;
+    report.quantized_weights += r.q.rows * r.q.cols;
+    report.layers.push_back(std::move(lr));
+  };
+
   auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats) {
     torch::Tensor H = stats && stats->hessian.defined() ? stats->hessian : torch::Tensor();
     // GGUF types that cannot hold this row length fall back (format/ggml_formats.h).
-    std::vector<FormatSpec> candidates;
+    std::vector<LayerScheme> schemes = schemes_of(job, name);
     std::string note;
-    for (const FormatSpec& c : job.candidates) {
-      candidates.push_back(gguf_format_for_shape(c, linear.weight.size(1)));
-      if (!(candidates.back() == c))
-        note += fmt::format("{}{} cannot hold rows of {}: {}", note.empty() ? "" : "; ", c.str(),
-                            linear.weight.size(1), candidates.back().str());
+    for (LayerScheme& s : schemes) {
+      FormatSpec fitted = gguf_format_for_shape(s.format, linear.weight.size(1));
+      if (!(fitted == s.format))
+        note += fmt::format("{}{} cannot hold rows of {}: {}", note.empty() ? "" : "; ", s.format.str(),
+                            linear.weight.size(1), fitted.str());
+      s.format = fitted;
     }
+    const bool with_outliers = std::any_of(schemes.begin(), schemes.end(), [](const LayerScheme& s) {
+      return s.outliers && s.outliers->percent > 0;
+    });
+    if (with_outliers) {
+      // Each scheme with its outliers; the least error under the job's metric wins (MoFQ).
+      std::vector<double> errors;
+      std::optional<OutlierQuantResult> best;
+      size_t best_i = 0;
+      for (size_t i = 0; i < schemes.size(); ++i) {
+        torch::Tensor mask = outlier_mask(name, schemes[i], linear.weight, H);
+        OutlierQuantResult r = quantize_layer_with_outliers(linear.weight, schemes[i].format, job.layer, H, mask);
+        errors.push_back(job.metric == MofqMetric::OutputError ? r.layer.output_error : r.layer.weight_mse);
+        if (!best || errors.back() < errors[best_i]) best = std::move(r), best_i = i;
+      }
+      record(name, linear, schemes[best_i], std::move(best->layer), errors, &best->outliers, note);
+      return;
+    }
+    std::vector<FormatSpec> candidates;
+    for (const LayerScheme& s : schemes) candidates.push_back(s.format);
     MofqChoice choice;
     std::vector<ActivationQuant> act;
     if (job.quantize_activations) {
@@ -166,51 +320,46 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     } else {
       choice = choose_format(linear.weight, candidates, job.metric, job.layer, H);
     }
-    const LayerQuantResult& r = choice.result;
-    const FormatSpec& spec = candidates[choice.best];
-    LayerReport lr{name, spec.str(), choice.errors, r.weight_mse, r.output_error,
-                   bits_per_weight(spec, r.q.rows, r.q.cols), r.q.rows, r.q.cols, note};
-    nlohmann::json tc = {{"format", spec.str()},
-                         {"method", method_name(job.layer.method)},
-                         {"shape", {r.q.rows, r.q.cols}},
-                         {"bits_per_weight", lr.bits_per_weight},
-                         {"weight_mse", r.weight_mse}};
-    if (spec.scaling() == Scaling::NV) tc["tensor_scale"] = r.q.tensor_scale;
-    if (!std::isnan(r.output_error)) tc["output_error"] = r.output_error;
-    tensors[name] = tc;
-    if (writer) writer->add_quantized(name, r.q);
-    linear.weight = r.dequantized;
     if (job.quantize_activations) {
       linear.input_quant = act[choice.best].fake_quantizer();
       activations[name] = act[choice.best].to_json();
     }
-    bits_sum += lr.bits_per_weight * double(r.q.rows * r.q.cols);
-    report.quantized_weights += r.q.rows * r.q.cols;
-    report.layers.push_back(std::move(lr));
+    record(name, linear, schemes[choice.best], std::move(choice.result), choice.errors, nullptr, note);
   };
 
-  if (needs_calibration(job)) {
-    CalibOptions calib = job.calib;
-    calib.seqlen = std::min(calib.seqlen, model.config().max_position_embeddings);
-    torch::Tensor tokens = sample_calibration(*m.tokenizer, calib);
+  if (job.flexround) {
+    // Block reconstruction over the whole model, then every result written in layer order.
+    FlexRoundOptions fo = *job.flexround;
+    fo.progress = job.progress;
+    FlexRoundResult fr = flexround_model(
+        model, calib_tokens, [&](const std::string& name) { return schemes_of(job, name)[0].format; }, fo);
+    for (int l = 0; l < num_layers; ++l)
+      for (const std::string& short_name : DecoderLayer::linear_names()) {
+        const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
+        LayerQuantResult& r = fr.layers.at(name);
+        const double mse = r.weight_mse;
+        record(name, model.layers()[l].linear(short_name), schemes_of(job, name)[0], std::move(r), {mse}, nullptr,
+               "");
+      }
+  } else if (needs_calibration(job)) {
     SequentialOptions so;
-    so.hessian = job.layer.method == QuantMethod::GPTQ || job.metric == MofqMetric::OutputError;
+    so.hessian = job.layer.method == QuantMethod::GPTQ || job.metric == MofqMetric::OutputError ||
+                 uses_hessian_outliers(job);
     so.input_sample_rows = job.quantize_activations ? 4096 : 0;
     so.batch = job.calib_batch;
     so.progress = job.progress;
-    quantize_sequentially(model, tokens.to(model.device()), so,
+    quantize_sequentially(model, calib_tokens, so,
                           [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
                             quantize_one(name, lin, &st);
                           });
   } else {
-    const int layers = model.config().num_layers;
-    Progress progress("quantize", size_t(layers) * 7, job.progress);
+    Progress progress("quantize", size_t(num_layers) * 7, job.progress);
     size_t done = 0;
-    for (int l = 0; l < layers; ++l)
+    for (int l = 0; l < num_layers; ++l)
       for (const std::string& short_name : DecoderLayer::linear_names()) {
         quantize_one(fmt::format("model.layers.{}.{}.weight", l, short_name),
                      model.layers()[l].linear(short_name), nullptr);
-        progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers, short_name));
+        progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
       }
     progress.finish();
   }

@@ -1,14 +1,18 @@
 #pragma once
-// Quantizing a whole model: every linear layer of every decoder block, with one format or a
-// per-layer choice among candidates (MoFQ), by RTN or GPTQ, optionally with static activation
-// quantization (W8A8), written as a lowbit quantized checkpoint.
+// Quantizing a whole model: every linear layer of every decoder block, with one format, a
+// per-layer choice among candidates (MoFQ) or a per-layer plan (mixed_precision.h), by RTN, GPTQ
+// or FlexRound, optionally with fp16 outliers (GWQ / SpQR) or static activation quantization
+// (W8A8), written as a lowbit quantized checkpoint.
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "calib/calib_data.h"
+#include "quant/flexround.h"
 #include "quant/quantizer.h"
+#include "quant/scheme.h"
 
 namespace lowbit {
 
@@ -26,9 +30,23 @@ struct QuantizeJob {
   // F32, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
   // (gguf_embedding_type) so that the checkpoint is exactly what its GGUF export will hold.
   std::optional<FormatSpec> embed_format, output_format;
+
+  // Outliers (outliers.h): every layer keeps this share of its weights in fp16, chosen by
+  // gradients of the full-precision model (GWQ) on the first gwq_samples calibration windows, or
+  // by SpQR's Hessian rule; per layer, or by one threshold over all layers (outliers_global,
+  // gradient rules only).
+  std::optional<OutlierRule> outliers;
+  bool outliers_global = false;
+  int gwq_samples = 8;
+  // A mixed-precision plan (lowbit plan): the scheme of every decoder linear by HF weight name,
+  // outliers included; replaces candidates, outliers and metric.
+  std::map<std::string, LayerScheme> plan;
+  // FlexRound (flexround.h) instead of layer.method: one format or a plan, no outliers, no W8A8.
+  std::optional<FlexRoundOptions> flexround;
 };
 
-// Whether the job needs calibration data (GPTQ, the output-error metric, or activations).
+// Whether the job needs calibration data (GPTQ, FlexRound, outliers, the output-error metric,
+// or activations).
 bool needs_calibration(const QuantizeJob& job);
 
 struct LayerReport {
@@ -38,11 +56,12 @@ struct LayerReport {
   double weight_mse = 0, output_error = 0, bits_per_weight = 0;
   int64_t rows = 0, cols = 0;
   std::string note;            // e.g. a GGUF type's fallback for this row length
+  int64_t outliers = 0;        // weights kept in fp16 (counted in bits_per_weight)
 };
 
 struct QuantizeReport {
   std::vector<LayerReport> layers;
-  double bits_per_weight = 0;  // over every quantized linear weight, scales included
+  double bits_per_weight = 0;  // over every quantized linear weight, scales and outliers included
   int64_t quantized_weights = 0;
   double seconds = 0;
   nlohmann::json quantization_config;  // what the checkpoint stores

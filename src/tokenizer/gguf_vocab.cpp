@@ -11,6 +11,7 @@
 
 #include "tokenizer/sentencepiece_model.h"
 #include "util/error.h"
+#include "util/json_file.h"
 
 namespace lowbit {
 
@@ -112,15 +113,7 @@ std::string quoted_list(const std::vector<std::string>& v) {
 json read_json_if_present(const fs::path& path) {
   std::error_code ec;
   if (path.empty() || !fs::is_regular_file(path, ec)) return json();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open {}", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    fail("{} is not valid JSON: {}", path.string(), e.what());
-  }
+  return read_json_file(path.string());
 }
 
 // "<pad>" or {"content": "<pad>", ...}, as tokenizer_config.json writes special tokens.

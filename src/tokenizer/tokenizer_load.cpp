@@ -8,6 +8,7 @@
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/utf8.h"
 #include "util/error.h"
+#include "util/json_file.h"
 
 namespace lowbit {
 
@@ -29,18 +30,6 @@ T value_or(const json& j, const char* key, T def) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
   return it->get<T>();
-}
-
-json parse_json_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open {} {}", what, path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    fail("{} is not valid JSON: {}", path, e.what());
-  }
 }
 
 // "<s>" or {"content": "<s>", ...} as tokenizer_config.json writes special tokens.
@@ -290,11 +279,11 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& origin) {
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  Tokenizer t = from_json(parse_json_file(path, "tokenizer file"), path);
+  Tokenizer t = from_json(read_json_file(path, "tokenizer file"), path);
   // tokenizer_config.json is what transformers reads for bos/eos and whether BOS is added.
   auto config_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
   if (!std::filesystem::exists(config_path)) return t;
-  json c = parse_json_file(config_path.string(), "tokenizer config");
+  json c = read_json_file(config_path.string(), "tokenizer config");
   if (!c.is_object()) return t;
   auto resolve = [&](const char* key, int32_t& slot) {
     if (!c.contains(key)) return;

@@ -22,72 +22,13 @@
 #include "util/allocator.h"
 #include "util/error.h"
 
+#include "support.h"
+
 using namespace lowbit;
+using namespace lowbit::test_support;
 using torch::Tensor;
 
 namespace {
-
-const std::string kAssets = LOWBIT_ASSETS;
-const std::string kStories = kAssets + "/models/stories260K";
-const std::string kCalib = kAssets + "/data/wikitext2/tok_valid.txt";
-
-struct Env : testing::Environment {
-  void SetUp() override {
-    keep_freed_memory();
-    at::set_num_threads(2);
-  }
-};
-testing::Environment* const env = testing::AddGlobalTestEnvironment(new Env);
-
-Tensor calibration(const Tokenizer& tok, int nsamples, int seqlen, uint64_t seed = 0) {
-  CalibOptions c;
-  c.file = kCalib;
-  c.nsamples = nsamples;
-  c.seqlen = seqlen;
-  c.seed = seed;
-  return sample_calibration(tok, c);
-}
-
-// The weight of a decoder linear by its HF name ("model.layers.3.mlp.up_proj.weight").
-Tensor& weight_of(LlamaModel& model, const std::string& name) {
-  const std::string prefix = "model.layers.";
-  size_t dot = name.find('.', prefix.size());
-  int layer = std::stoi(name.substr(prefix.size(), dot - prefix.size()));
-  std::string short_name = name.substr(dot + 1, name.size() - dot - 1 - std::string(".weight").size());
-  return model.layers().at(size_t(layer)).linear(short_name).weight;
-}
-
-// --- Gradients --------------------------------------------------------------------------------
-
-// The reference: one graph through the whole model, every decoder linear weight a leaf, the loss
-// by torch's own cross_entropy (mean over every predicted token), one backward.
-std::map<std::string, Tensor> full_graph_gradients(LlamaModel& model, const Tensor& tokens, double* loss) {
-  std::map<std::string, Tensor> saved, leaves;
-  const int L = model.config().num_layers;
-  for (int l = 0; l < L; ++l)
-    for (const std::string& n : DecoderLayer::linear_names()) {
-      std::string name = "model.layers." + std::to_string(l) + "." + n + ".weight";
-      Linear& lin = model.layers()[l].linear(n);
-      saved[name] = lin.weight;
-      lin.weight = lin.weight.detach().requires_grad_(true);
-      leaves[name] = lin.weight;
-    }
-  Tensor x = model.embed(tokens);
-  for (int l = 0; l < L; ++l) x = model.layer_forward(l, x);
-  Tensor logits = model.head(x);
-  const int64_t N = tokens.size(0), T = tokens.size(1), V = logits.size(-1);
-  Tensor l = torch::nn::functional::cross_entropy(logits.narrow(1, 0, T - 1).reshape({-1, V}),
-                                                 tokens.narrow(1, 1, T - 1).reshape({-1}));
-  EXPECT_EQ(N * (T - 1), logits.narrow(1, 0, T - 1).reshape({-1, V}).size(0));
-  l.backward();
-  *loss = l.item<double>();
-  std::map<std::string, Tensor> out;
-  for (auto& [name, leaf] : leaves) out[name] = leaf.grad().clone();
-  for (int l2 = 0; l2 < L; ++l2)
-    for (const std::string& n : DecoderLayer::linear_names())
-      model.layers()[l2].linear(n).weight = saved["model.layers." + std::to_string(l2) + "." + n + ".weight"];
-  return out;
-}
 
 TEST(Gradients, MatchWholeGraphAutograd) {
   LoadedModel m = load_model(kStories);

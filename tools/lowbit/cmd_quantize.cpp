@@ -1,4 +1,5 @@
-// lowbit quantize: RTN / GPTQ, one format or a per-layer choice (MoFQ), weight-only or W8A8.
+// lowbit quantize: RTN / GPTQ / FlexRound, one format, a per-layer choice (MoFQ) or a plan
+// (lowbit plan), optionally with fp16 outliers (GWQ), weight-only or W8A8.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -6,7 +7,9 @@
 
 #include "commands.h"
 #include "common.h"
+#include "quant/mixed_precision.h"
 #include "quant/quantize_model.h"
+#include "util/json_file.h"
 
 namespace lowbit::cli {
 
@@ -57,19 +60,19 @@ std::string recipe_help() {
 }
 
 void print_report(const QuantizeReport& r, const QuantizeJob& job) {
-  std::printf("%-40s %-22s %12s %12s %7s", "layer", "format", "weight_mse", "output_err", "bpw");
+  std::printf("%-40s %-28s %12s %12s %7s", "layer", "format", "weight_mse", "output_err", "bpw");
   if (job.candidates.size() > 1)
     for (const auto& c : job.candidates) std::printf("  err[%s]", c.str().c_str());
   std::printf("\n");
   for (const LayerReport& l : r.layers) {
-    std::printf("%-40s %-22s %12.4e %12.4e %7.3f", l.name.c_str(), l.format.c_str(), l.weight_mse, l.output_error,
+    std::printf("%-40s %-28s %12.4e %12.4e %7.3f", l.name.c_str(), l.format.c_str(), l.weight_mse, l.output_error,
                 l.bits_per_weight);
     if (job.candidates.size() > 1)
       for (double e : l.errors) std::printf("  %.4e", e);
     if (!l.note.empty()) std::printf("  (%s)", l.note.c_str());
     std::printf("\n");
   }
-  std::printf("bits per weight (linear layers, scales included): %.4f over %lld weights; %.1f s\n", r.bits_per_weight,
+  std::printf("bits per weight (linear layers, scales and outliers included): %.4f over %lld weights; %.1f s\n", r.bits_per_weight,
               (long long)r.quantized_weights, r.seconds);
 }
 
@@ -79,7 +82,9 @@ void add_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "Quantize every linear layer of a model");
   cmd->footer(recipe_help());
   struct Opts {
-    std::string model, tokenizer, out, out_gguf, method = "rtn", format, mofq, metric = "weight", recipe, json;
+    std::string model, tokenizer, out, out_gguf, method = "rtn", format, mofq, metric = "weight", recipe, json, plan,
+        outliers;
+    FlexRoundOptions flexround;
     QuantizeJob job;
     bool dry_run = false, w8a8 = false;
     RuntimeOptions rt;
@@ -89,10 +94,22 @@ void add_quantize(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: beside the model)");
   auto* out_opt = cmd->add_option("--out", o->out, "output directory (a lowbit quantized checkpoint)");
   cmd->add_option("--out-gguf", o->out_gguf, "also (or only) write a GGUF file; needs GGUF formats (gguf:q4_0 ...)");
-  auto* method_opt = cmd->add_option("--method", o->method, "rtn or gptq")->check(CLI::IsMember({"rtn", "gptq"}));
+  auto* method_opt = cmd->add_option("--method", o->method, "rtn, gptq or flexround")
+                         ->check(CLI::IsMember({"rtn", "gptq", "flexround"}));
   auto* format_opt = cmd->add_option("--format", o->format, "one format for every layer, e.g. int4:g128:asym");
   auto* mofq_opt = cmd->add_option("--mofq", o->mofq, "candidates chosen per layer, e.g. int4:g128,fp4_e2m1:g128");
+  auto* plan_opt = cmd->add_option("--plan", o->plan, "a per-layer plan from lowbit plan --out");
   format_opt->excludes(mofq_opt);
+  plan_opt->excludes(format_opt)->excludes(mofq_opt);
+  auto* outliers_opt = cmd->add_option("--outliers", o->outliers,
+                                       "keep weights in fp16: RULE:PERCENT, RULE gradient (GWQ, |g|), gradient-weight "
+                                       "(|g·w|), fisher (g²) or hessian (SpQR), e.g. gradient:1");
+  cmd->add_flag("--outliers-global", o->job.outliers_global, "one outlier threshold over all layers (gradient rules)")
+      ->needs(outliers_opt);
+  cmd->add_option("--gwq-samples", o->job.gwq_samples, "calibration windows for the outlier gradients")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--iters", o->flexround.iters, "FlexRound: Adam steps per block")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--lr", o->flexround.lr, "FlexRound: learning rate")->check(CLI::PositiveNumber);
   auto* metric_opt = cmd->add_option("--metric", o->metric, "format choice by weight MSE or by output error (H)")
                          ->check(CLI::IsMember({"weight", "output"}));
   auto* w8a8_opt = cmd->add_flag("--w8a8", o->w8a8, "quantize activations too (static per-tensor scales)");
@@ -122,11 +139,12 @@ void add_quantize(CLI::App& app) {
         throw Error(fmt::format("unknown recipe '{}' (valid: {})", o->recipe, names));
       }
       if (!method_opt->count()) o->method = it->method;
-      if (!format_opt->count() && !mofq_opt->count()) o->mofq = it->formats;
+      if (!format_opt->count() && !mofq_opt->count() && !plan_opt->count()) o->mofq = it->formats;
       if (!metric_opt->count()) o->metric = it->metric;
       if (!w8a8_opt->count()) o->w8a8 = it->activations;
     }
-    if (o->format.empty() && o->mofq.empty()) throw Error("quantize: give --format SPEC, --mofq LIST or --recipe NAME");
+    if (o->format.empty() && o->mofq.empty() && o->plan.empty())
+      throw Error("quantize: give --format SPEC, --mofq LIST, --plan FILE or --recipe NAME");
     if (o->out.empty() && o->out_gguf.empty() && !o->dry_run)
       throw Error("quantize: give --out DIR and/or --out-gguf FILE, or --dry-run");
     if (o->dry_run && (out_opt->count() || !o->out_gguf.empty()))
@@ -138,8 +156,16 @@ void add_quantize(CLI::App& app) {
     std::unique_ptr<TempDir> scratch;
     if (!o->dry_run && o->out.empty()) scratch = std::make_unique<TempDir>(o->out_gguf + ".checkpoint");
     job.out = o->dry_run ? "" : scratch ? scratch->path : o->out;
-    job.candidates = parse_candidates(o->format.empty() ? o->mofq : o->format);
+    if (!o->plan.empty()) {
+      PlanFile plan = plan_from_json(read_json_file(o->plan, "plan"));
+      for (size_t i = 0; i < plan.layers.size(); ++i)
+        job.plan[plan.layers[i].name] = LayerScheme::parse(plan.layers[i].candidates[plan.plan.choice[i]].format);
+    } else {
+      job.candidates = parse_candidates(o->format.empty() ? o->mofq : o->format);
+    }
+    if (!o->outliers.empty()) job.outliers = OutlierRule::parse(o->outliers);
     job.layer.method = o->method == "gptq" ? QuantMethod::GPTQ : QuantMethod::RTN;
+    if (o->method == "flexround") job.flexround = o->flexround;
     job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
     job.quantize_activations = o->w8a8;
     QuantizeReport r = quantize_model(job);
