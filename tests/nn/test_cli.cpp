@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <fstream>
 #include <sstream>
 
@@ -181,6 +182,47 @@ TEST(Cli, BadFormatListsValidForms) {
   expect_clean_error("quantize --model " + kStories + " --dry-run --format int4:g128:banana", "nf4");
   expect_clean_error("quantize --model " + kStories + " --dry-run --recipe nope", "gptq-w4g128");
   expect_clean_error("quantize --model " + kStories + " --dry-run --method gptq --format int4:g32", "--calib");
+}
+
+// A hand-written plan (two schemes, one with Hessian-chosen outliers) drives quantize --plan; the
+// checkpoint evaluates like its dequantized export; llama.cpp has no sparse part, so GGUF export
+// refuses it.
+TEST(Cli, QuantizeWithAPlanAndOutliers) {
+  fs::path d = scratch("plan");
+  nlohmann::json layers = nlohmann::json::array();
+  for (int l = 0; l < 5; ++l)
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
+      layers.push_back({{"name", "model.layers." + std::to_string(l) + "." + n + ".weight"},
+                        {"weights", 1},
+                        {"candidates", {{{"format", "int3:g32:sym+hessian:1"}, {"bits", 1}, {"damage", 0}},
+                                        {{"format", "int8:channel:sym"}, {"bits", 2}, {"damage", 0}}}},
+                        {"choice", l % 2}});
+    }
+  nlohmann::json plan = {{"lowbit_plan", 1}, {"max_bits", 1e9}, {"layers", layers}};
+  std::ofstream(d / "plan.json") << plan.dump();
+  std::string q = (d / "q").string(), f = (d / "f32").string(), calib = " --calib " + kAssets +
+                  "/data/wikitext2/tok_valid.txt --nsamples 4 --seqlen 64";
+  CliResult r = run("quantize --model " + kStories + " --out " + q + " --plan " + (d / "plan.json").string() + calib +
+                    " --no-progress --json " + (d / "q.json").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream in(d / "q.json");
+  nlohmann::json report = nlohmann::json::parse(in);
+  ASSERT_EQ(report["layers"].size(), 35u);
+  for (size_t i = 0; i < 35; ++i)
+    EXPECT_EQ(report["layers"][i]["format"], (i / 7) % 2 ? "int8:channel:sym" : "int3:g32:sym+hessian:1") << i;
+  ASSERT_EQ(run("export --dequantize --model " + q + " --out " + f).exit_code, 0);
+  std::string eval = kText + " --ctx 64 --no-progress --json ";
+  ASSERT_EQ(run("eval --model " + q + eval + (d / "eq.json").string()).exit_code, 0);
+  ASSERT_EQ(run("eval --model " + f + eval + (d / "ef.json").string()).exit_code, 0);
+  EXPECT_DOUBLE_EQ(perplexity_in(d / "eq.json"), perplexity_in(d / "ef.json"));
+  expect_clean_error("export --format gguf --model " + q + " --out " + (d / "x.gguf").string(), "outliers");
+  expect_clean_error("quantize --model " + kStories + " --dry-run --format gguf:q4_0 --outliers gradient:1" + calib,
+                     "no sparse fp16 part");
+  expect_clean_error("quantize --model " + kStories + " --dry-run --format int4:g32 --outliers sharp:1" + calib,
+                     "unknown saliency");
+  expect_clean_error("quantize --model " + kStories + " --dry-run --plan " + (d / "missing.json").string(),
+                     "missing.json");
 }
 
 TEST(Cli, TextShorterThanOneChunk) {
