@@ -72,11 +72,11 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--model", o->model, "model directory or .gguf file")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: beside the model)");
   cmd->add_option("--calib", o->calib.file, "calibration text (e.g. wikitext2/tok_valid.txt); required");
-  cmd->add_option("--nsamples", o->calib.nsamples, "calibration windows")->check(CLI::PositiveNumber);
-  cmd->add_option("--seqlen", o->calib.seqlen, "tokens per window (capped at the model's context)")
+  cmd->add_option("--nsamples", o->calib.nsamples, "calibration windows (default 128)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seqlen", o->calib.seqlen, "tokens per window (default 2048, capped at the model's context)")
       ->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--seed", o->calib.seed, "seed for drawing calibration windows");
-  cmd->add_option("--calib-batch", o->calib_batch, "calibration windows per forward pass")->check(CLI::PositiveNumber);
+  cmd->add_option("--calib-batch", o->calib_batch, "calibration windows per forward pass (default 8)")->check(CLI::PositiveNumber);
   cmd->add_option("--candidates", o->candidates,
                   "comma list of schemes, e.g. int2:g32,int3:g32,int4:g32,fp4_e2m1:g32,int8:g32 "
                   "(a scheme may carry outliers: int3:g32+gradient:1)")
@@ -87,16 +87,16 @@ void add_plan(CLI::App& app) {
                                    "(powers of 1024: 2.5M = 2621440 bytes)");
   bpw_opt->excludes(size_opt);
   cmd->add_option("--sensitivity", o->sensitivity, "damage metric: kld (measured), hessian (tr ΔW H ΔWᵀ), "
-                                                   "fisher (Σ F ΔW²)")
+                                                   "fisher (Σ F ΔW²); default kld")
       ->check(CLI::IsMember({"kld", "hessian", "fisher"}));
-  cmd->add_option("--method", o->method, "quantizer the plan will be used with: rtn or gptq")
+  cmd->add_option("--method", o->method, "quantizer the plan will be used with: rtn or gptq (default gptq)")
       ->check(CLI::IsMember({"rtn", "gptq"}));
   cmd->add_option("--outliers", o->outliers, "also offer every candidate with these fp16 outliers, e.g. gradient:1");
   cmd->add_option("--luq", o->luq,
                   "LUQ: only this fraction (0,1] of layers/tied groups, those of lowest output entropy, "
                   "may take formats of fewer than 4 element bits");
   cmd->add_flag("--no-tie", o->no_tie, "choose q/k/v and gate/up independently (default: tied, as engines fuse them)");
-  cmd->add_option("--kld-samples", o->kld_samples, "kld: calibration windows the KL divergence is measured on")
+  cmd->add_option("--kld-samples", o->kld_samples, "kld: the first N calibration windows measure the KL divergence (default 8)")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--clip-search", o->sens.layer.rtn.clip_search, "RTN: MSE-optimal clipping per scale");
   cmd->add_option("--damp", o->sens.layer.gptq.damp, "GPTQ: damping, fraction of mean diag(H)");
