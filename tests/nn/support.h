@@ -37,16 +37,15 @@ inline Tensor calibration(const Tokenizer& tok, int nsamples, int seqlen, uint64
   return sample_calibration(tok, c);
 }
 
-// The weight of a decoder linear by its HF name ("model.layers.3.mlp.up_proj.weight").
-inline Tensor& weight_of(LlamaModel& model, const std::string& name) {
+// A decoder linear, and its weight, by HF name ("model.layers.3.mlp.up_proj.weight").
+inline Linear& linear_of(LlamaModel& model, const std::string& name) {
   const std::string prefix = "model.layers.";
   size_t dot = name.find('.', prefix.size());
   int layer = std::stoi(name.substr(prefix.size(), dot - prefix.size()));
   std::string short_name = name.substr(dot + 1, name.size() - dot - 1 - std::string(".weight").size());
-  return model.layers().at(size_t(layer)).linear(short_name).weight;
+  return model.layers().at(size_t(layer)).linear(short_name);
 }
-
-// --- Gradients --------------------------------------------------------------------------------
+inline Tensor& weight_of(LlamaModel& model, const std::string& name) { return linear_of(model, name).weight; }
 
 // The reference: one graph through the whole model, every decoder linear weight a leaf, the loss
 // by torch's own cross_entropy (mean over every predicted token), one backward.

@@ -1,12 +1,15 @@
-// The command line on bad input: one clear line on stderr and a non-zero exit, never a crash.
+// The command line end to end, and on bad input: one clear line on stderr and a non-zero exit,
+// never a crash.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "quant/mixed_precision.h"
 
 namespace fs = std::filesystem;
 
@@ -15,20 +18,25 @@ namespace {
 const std::string kLowbit = std::string(LOWBIT_BINARY_DIR) + "/lowbit";
 const std::string kAssets = LOWBIT_ASSETS;
 const std::string kStories = kAssets + "/models/stories260K";
+const std::string kCalib = kAssets + "/data/wikitext2/tok_valid.txt";
 
 struct CliResult {
   int exit_code;
-  std::string err;
+  std::string err, out;
 };
 
-CliResult run(const std::string& args) {
-  // ctest runs tests in parallel processes: each needs its own capture file.
-  std::string err_file = testing::TempDir() + "/cli_stderr_" + std::to_string(::getpid()) + ".txt";
-  int status = std::system((kLowbit + " " + args + " >/dev/null 2>" + err_file).c_str());
-  std::ifstream in(err_file);
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), ss.str()};
+  return ss.str();
+}
+
+CliResult run(const std::string& args) {
+  // ctest runs tests in parallel processes: each needs its own capture files.
+  const std::string base = testing::TempDir() + "/cli_" + std::to_string(::getpid());
+  int status = std::system((kLowbit + " " + args + " >" + base + ".out 2>" + base + ".err").c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(base + ".err"), slurp(base + ".out")};
 }
 
 // Exit code 1 and exactly one line, starting "error:" and mentioning `needle`.
@@ -201,8 +209,7 @@ TEST(Cli, QuantizeWithAPlanAndOutliers) {
     }
   nlohmann::json plan = {{"lowbit_plan", 1}, {"max_bits", 1e9}, {"layers", layers}};
   std::ofstream(d / "plan.json") << plan.dump();
-  std::string q = (d / "q").string(), f = (d / "f32").string(), calib = " --calib " + kAssets +
-                  "/data/wikitext2/tok_valid.txt --nsamples 4 --seqlen 64";
+  std::string q = (d / "q").string(), f = (d / "f32").string(), calib = " --calib " + kCalib + " --nsamples 4 --seqlen 64";
   CliResult r = run("quantize --model " + kStories + " --out " + q + " --plan " + (d / "plan.json").string() + calib +
                     " --no-progress --json " + (d / "q.json").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -223,6 +230,42 @@ TEST(Cli, QuantizeWithAPlanAndOutliers) {
                      "unknown saliency");
   expect_clean_error("quantize --model " + kStories + " --dry-run --plan " + (d / "missing.json").string(),
                      "missing.json");
+}
+
+TEST(Cli, PlanWritesAReadablePlanWithinBudget) {
+  const std::string dir = scratch("plan_cli").string();
+  const std::string common = "plan --model " + kStories + " --calib " + kCalib +
+                             " --nsamples 8 --seqlen 64 --no-progress --threads 2 "
+                             "--candidates int2:g32,int3:g32,int4:g32,int8:g32 ";
+  CliResult r = run(common + "--sensitivity hessian --method rtn --target-size 120K --luq 0.5 --outliers hessian:1 "
+                             "--out " + dir + "/plan.json --json " + dir + "/report.json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("optimal"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("uniform candidates"), std::string::npos) << r.out;
+  lowbit::PlanFile plan = lowbit::plan_from_json(nlohmann::json::parse(slurp(dir + "/plan.json")));
+  EXPECT_EQ(plan.layers.size(), 35u);
+  EXPECT_LE(plan.plan.total_bits, 120.0 * 1024 * 8);
+  EXPECT_EQ(plan.budget.max_bits, 120.0 * 1024 * 8);
+  EXPECT_EQ(plan.tied_groups.size(), 10u);
+  // Eight candidates (four with hessian:1 outliers); LUQ left only >= 4-bit ones to some layers.
+  size_t restricted = 0;
+  for (const auto& l : plan.layers) restricted += l.candidates.size() == 4;
+  EXPECT_GT(restricted, 0u);
+  nlohmann::json report = nlohmann::json::parse(slurp(dir + "/report.json"));
+  EXPECT_EQ(report["layers"].size(), 35u);
+  EXPECT_EQ(report["layers"][0]["candidates"].size(), 8u);
+  EXPECT_EQ(report["uniform"].size(), 8u);
+
+  expect_clean_error("plan --model " + kStories + " --candidates int4:g32 --target-bpw 4", "--calib");
+  expect_clean_error(common + "--target-bpw 1 --method rtn --sensitivity hessian", "infeasible");
+  expect_clean_error("plan --model " + kStories + " --calib " + kCalib + " --candidates int4:g32,int9:g32 --target-bpw 4",
+                     "int9");
+  expect_clean_error(common + "--target-size 12Q", "12Q");
+  expect_clean_error(common + "--target-bpw 4 --luq 1.5", "--luq");
+  expect_clean_error("plan --model " + kStories + " --calib " + kCalib +
+                         " --nsamples 4 --seqlen 32 --no-progress --method rtn --sensitivity hessian --target-bpw 4 "
+                         "--luq 0.5 --candidates int2:g32,int3:g32",
+                     "4 or more element bits");
 }
 
 TEST(Cli, TextShorterThanOneChunk) {

@@ -3,7 +3,7 @@
 // tr(ΔW H ΔWᵀ) with H gathered in float64 from a hook on the layer's input; the Fisher damage
 // against per-window whole-graph autograd; the K-means entropy against hand values and a naive
 // Lloyd loop; LUQ's restriction; exact outlier bits; an end-to-end plan on stories260K that meets
-// its budget and beats every uniform candidate that fits; and `lowbit plan` itself.
+// its budget and beats every uniform candidate that fits; (`lowbit plan` itself: test_cli).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
@@ -29,41 +29,14 @@
 #include "util/allocator.h"
 #include "util/error.h"
 
+#include "support.h"
+
 using namespace lowbit;
+using namespace lowbit::test_support;
 using torch::Tensor;
 namespace fs = std::filesystem;
 
 namespace {
-
-const std::string kAssets = LOWBIT_ASSETS;
-const std::string kStories = kAssets + "/models/stories260K";
-const std::string kCalib = kAssets + "/data/wikitext2/tok_valid.txt";
-const std::string kLowbit = std::string(LOWBIT_BINARY_DIR) + "/lowbit";
-
-struct Env : testing::Environment {
-  void SetUp() override {
-    keep_freed_memory();
-    at::set_num_threads(2);
-  }
-};
-testing::Environment* const env = testing::AddGlobalTestEnvironment(new Env);
-
-Tensor calibration(const Tokenizer& tok, int nsamples, int seqlen, uint64_t seed = 0) {
-  CalibOptions c;
-  c.file = kCalib;
-  c.nsamples = nsamples;
-  c.seqlen = seqlen;
-  c.seed = seed;
-  return sample_calibration(tok, c);
-}
-
-Linear& linear_of(LlamaModel& model, const std::string& name) {
-  const std::string prefix = "model.layers.";
-  size_t dot = name.find('.', prefix.size());
-  int layer = std::stoi(name.substr(prefix.size(), dot - prefix.size()));
-  std::string short_name = name.substr(dot + 1, name.size() - dot - 1 - std::string(".weight").size());
-  return model.layers().at(size_t(layer)).linear(short_name);
-}
 
 const LayerSensitivity& layer_named(const SensitivityReport& r, const std::string& name) {
   for (const LayerSensitivity& l : r.layers)
@@ -289,29 +262,11 @@ TEST(Fisher, DamageIsFisherWeightedSquaredError) {
   // Reference: each window's mean LM loss through one whole graph, every linear a leaf; F is the
   // mean over windows of the squared gradients.
   std::map<std::string, Tensor> F;
-  const int L = model.config().num_layers;
   for (int64_t b = 0; b < tokens.size(0); ++b) {
-    std::map<std::string, Tensor> saved, leaves;
-    for (int l = 0; l < L; ++l)
-      for (const std::string& n : DecoderLayer::linear_names()) {
-        std::string name = "model.layers." + std::to_string(l) + "." + n + ".weight";
-        Linear& lin = model.layers()[l].linear(n);
-        saved[name] = lin.weight;
-        lin.weight = lin.weight.detach().requires_grad_(true);
-        leaves[name] = lin.weight;
-      }
-    Tensor t = tokens.narrow(0, b, 1);
-    Tensor x = model.embed(t);  // forward() runs without a graph
-    for (int l = 0; l < L; ++l) x = model.layer_forward(l, x);
-    Tensor logits = model.head(x);
-    const int64_t T = t.size(1), V = logits.size(-1);
-    Tensor loss = torch::nn::functional::cross_entropy(logits.narrow(1, 0, T - 1).reshape({-1, V}),
-                                                       t.narrow(1, 1, T - 1).reshape({-1}));
-    loss.backward();
-    for (auto& [name, leaf] : leaves) {
-      Tensor g2 = leaf.grad().to(torch::kFloat64).square() / double(tokens.size(0));
+    double loss = 0;
+    for (auto& [name, g] : full_graph_gradients(model, tokens.narrow(0, b, 1), &loss)) {
+      Tensor g2 = g.to(torch::kFloat64).square() / double(tokens.size(0));
       F[name] = F.count(name) ? F[name] + g2 : g2;
-      linear_of(model, name).weight = saved[name];
     }
   }
   ASSERT_EQ(r.layers.size(), F.size());
@@ -499,73 +454,6 @@ TEST(Plan, ByteSizes) {
   EXPECT_EQ(parse_byte_size("3KiB"), 3.0 * 1024);
   EXPECT_EQ(parse_byte_size("1G"), 1024.0 * 1024 * 1024);
   for (const char* bad : {"", "M", "abc", "-1", "0", "1X", "1.5.2K"}) EXPECT_THROW(parse_byte_size(bad), Error) << bad;
-}
-
-// --- The command ------------------------------------------------------------------------------
-
-struct CliResult {
-  int exit_code;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-CliResult run(const std::string& args) {
-  const std::string base = testing::TempDir() + "/plan_cli_" + std::to_string(::getpid());
-  int status = std::system((kLowbit + " " + args + " >" + base + ".out 2>" + base + ".err").c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(base + ".out"),
-          slurp(base + ".err")};
-}
-
-void expect_clean_error(const std::string& args, const std::string& needle) {
-  CliResult r = run(args);
-  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
-  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << "missing '" << needle << "' in: " << r.err;
-}
-
-TEST(Cli, PlanWritesAReadablePlanWithinBudget) {
-  if (!fs::exists(kLowbit)) GTEST_SKIP() << "build the lowbit target first";
-  const std::string dir = testing::TempDir() + "/plan_cli_" + std::to_string(::getpid());
-  fs::create_directories(dir);
-  const std::string common = "plan --model " + kStories + " --calib " + kCalib +
-                             " --nsamples 8 --seqlen 64 --no-progress --threads 2 "
-                             "--candidates int2:g32,int3:g32,int4:g32,int8:g32 ";
-  CliResult r = run(common + "--sensitivity hessian --method rtn --target-size 120K --luq 0.5 --outliers hessian:1 "
-                             "--out " + dir + "/plan.json --json " + dir + "/report.json");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("optimal"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("uniform candidates"), std::string::npos) << r.out;
-  PlanFile plan = plan_from_json(nlohmann::json::parse(slurp(dir + "/plan.json")));
-  EXPECT_EQ(plan.layers.size(), 35u);
-  EXPECT_LE(plan.plan.total_bits, 120.0 * 1024 * 8);
-  EXPECT_EQ(plan.budget.max_bits, 120.0 * 1024 * 8);
-  EXPECT_EQ(plan.tied_groups.size(), 10u);
-  // Eight candidates (four with hessian:1 outliers); LUQ left only >= 4-bit ones to some layers.
-  size_t restricted = 0;
-  for (const auto& l : plan.layers) restricted += l.candidates.size() == 4;
-  EXPECT_GT(restricted, 0u);
-  nlohmann::json report = nlohmann::json::parse(slurp(dir + "/report.json"));
-  EXPECT_EQ(report["layers"].size(), 35u);
-  EXPECT_EQ(report["layers"][0]["candidates"].size(), 8u);
-  EXPECT_EQ(report["uniform"].size(), 8u);
-
-  expect_clean_error("plan --model " + kStories + " --candidates int4:g32 --target-bpw 4", "--calib");
-  expect_clean_error(common + "--target-bpw 1 --method rtn --sensitivity hessian", "infeasible");
-  expect_clean_error("plan --model " + kStories + " --calib " + kCalib + " --candidates int4:g32,int9:g32 --target-bpw 4",
-                     "int9");
-  expect_clean_error(common + "--target-size 12Q", "12Q");
-  expect_clean_error(common + "--target-bpw 4 --luq 1.5", "--luq");
-  expect_clean_error("plan --model " + kStories + " --calib " + kCalib +
-                         " --nsamples 4 --seqlen 32 --no-progress --method rtn --sensitivity hessian --target-bpw 4 "
-                         "--luq 0.5 --candidates int2:g32,int3:g32",
-                     "4 or more element bits");
 }
 
 }  // namespace
