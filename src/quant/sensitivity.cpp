@@ -173,7 +173,8 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
     GradientOptions g = opt.gradients;
     g.progress = opt.progress;
     torch::AutoGradMode grad_mode(true);
-    gradient_masks[key] = gradient_outlier_masks(model, toks, c.outliers->saliency, c.outliers->percent, false, g);
+    const Tensor first = toks.narrow(0, 0, std::min<int64_t>(std::max(opt.gwq_samples, 1), N));
+    gradient_masks[key] = gradient_outlier_masks(model, first, c.outliers->saliency, c.outliers->percent, false, g);
   }
 
   std::unique_ptr<KldProbe> probe;

@@ -18,7 +18,7 @@
 // ΔW = Ŵ − W, Ŵ from the method the plan will be used with (RTN or GPTQ, options.layer), with the
 // candidate's outliers kept in fp16 when it has an outlier rule (quantize_layer_with_outliers):
 // gradient rules (gradient, gradient-weight, fisher) take their masks from gradient_outlier_masks,
-// computed once per distinct rule on every calibration window (top percent per layer); the
+// computed once per distinct rule on the first gwq_samples windows (top percent per layer); the
 // hessian rule from hessian_saliency + select_outliers with the layer's own H.
 // GGUF types are supported: a row length a type cannot hold falls back as `quantize` does
 // (gguf_format_for_shape), and both bits and damage are those of the fallback; the candidate keeps
@@ -73,6 +73,8 @@ struct SensitivityOptions {
   int batch = 8;                  // windows per forward pass
   int64_t entropy_tokens = 8192;  // first calibration tokens whose outputs give the entropy; 0: none
   int entropy_clusters = 100;
+  int gwq_samples = 8;            // gradient outlier rules: masks from the first windows, as
+                                  // quantize --gwq-samples chooses them
   GradientOptions gradients;      // fisher and gradient outlier rules (batch, head_chunk)
   bool progress = true;
 };

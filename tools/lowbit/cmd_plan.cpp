@@ -92,6 +92,9 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--method", o->method, "quantizer the plan will be used with: rtn or gptq (default gptq)")
       ->check(CLI::IsMember({"rtn", "gptq"}));
   cmd->add_option("--outliers", o->outliers, "also offer every candidate with these fp16 outliers, e.g. gradient:1");
+  cmd->add_option("--gwq-samples", o->sens.gwq_samples,
+                  "calibration windows for gradient outlier masks (default 8, as quantize)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--luq", o->luq,
                   "LUQ: only this fraction (0,1] of layers/tied groups, those of lowest output entropy, "
                   "may take formats of fewer than 4 element bits");
