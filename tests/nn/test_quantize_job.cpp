@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "io/quantized_checkpoint.h"
@@ -158,6 +159,32 @@ TEST(QuantizeJob, FlexRoundWithoutStepsIsRtn) {
   EXPECT_GT(changed, 0);  // training moved some rounding
   EXPECT_EQ(t.source->quantization_config().at("tensors").begin()->at("method"), "flexround");
   EXPECT_EQ(trained.quantization_config.at("params").at("flexround").at("iters"), 10);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Gradients, outlier choice, GPTQ and FlexRound's minibatches: the same inputs give the same file.
+TEST(QuantizeJob, SameInputsSameCheckpoint) {
+  for (bool flex : {false, true}) {
+    SCOPED_TRACE(flex ? "flexround" : "gptq + gradient outliers");
+    std::string outs[2] = {scratch("same_a"), scratch("same_b")};
+    for (const std::string& out : outs) {
+      QuantizeJob job = stories_job("int3:g32");
+      job.out = out;
+      if (flex) {
+        job.flexround = FlexRoundOptions{};
+        job.flexround->iters = 5;
+      } else {
+        job.layer.method = QuantMethod::GPTQ;
+        job.outliers = OutlierRule::parse("gradient:1");
+      }
+      quantize_model(job);
+    }
+    EXPECT_EQ(file_bytes(outs[0] + "/model.safetensors"), file_bytes(outs[1] + "/model.safetensors"));
+  }
 }
 
 void expect_error(QuantizeJob job, const std::string& needle) {
