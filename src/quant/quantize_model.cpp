@@ -64,10 +64,6 @@ nlohmann::json job_params(const QuantizeJob& job) {
   return p;
 }
 
-}  // namespace
-
-namespace {
-
 // Each layer's schemes to choose from: its plan entry, or every candidate with the job's outliers.
 std::vector<LayerScheme> schemes_of(const QuantizeJob& job, const std::string& name) {
   if (!job.plan.empty()) return {job.plan.at(name)};
@@ -83,9 +79,9 @@ std::vector<LayerScheme> all_schemes(const QuantizeJob& job) {
   return out;
 }
 
-bool uses_outliers(const QuantizeJob& job, bool gradients) {
+bool uses_outliers(const QuantizeJob& job) {
   for (const LayerScheme& s : all_schemes(job))
-    if (s.outliers && s.outliers->percent > 0 && (!gradients || s.outliers->needs_gradients())) return true;
+    if (s.outliers && s.outliers->percent > 0) return true;
   return false;
 }
 
@@ -105,7 +101,7 @@ void check_job(const QuantizeJob& job) {
     if (s.outliers && s.format.scaling() == Scaling::Ggml)
       fail("quantize: {}: llama.cpp has no sparse fp16 part, so GGUF types take no outliers", s.str());
   }
-  if (job.quantize_activations && uses_outliers(job, false))
+  if (job.quantize_activations && uses_outliers(job))
     fail("quantize: outliers and activation quantization do not combine");
   if (job.outliers_global && (!job.outliers || !job.outliers->needs_gradients()))
     fail("quantize: global outlier selection needs a gradient rule (gradient, gradient-weight, fisher)");
@@ -113,7 +109,7 @@ void check_job(const QuantizeJob& job) {
   if (job.flexround) {
     if (job.plan.empty() && job.candidates.size() != 1)
       fail("quantize: FlexRound takes one format (--format) or a plan, not a MoFQ list");
-    if (uses_outliers(job, false)) fail("quantize: FlexRound does not take outliers");
+    if (uses_outliers(job)) fail("quantize: FlexRound does not take outliers");
     if (job.quantize_activations) fail("quantize: FlexRound quantizes weights only; drop --w8a8");
     for (const LayerScheme& s : all_schemes(job))
       if (s.format.scaling() == Scaling::Ggml)
@@ -125,7 +121,7 @@ void check_job(const QuantizeJob& job) {
 }  // namespace
 
 bool needs_calibration(const QuantizeJob& job) {
-  return job.layer.method == QuantMethod::GPTQ || job.flexround || uses_outliers(job, false) ||
+  return job.layer.method == QuantMethod::GPTQ || job.flexround || uses_outliers(job) ||
          job.metric == MofqMetric::OutputError || job.quantize_activations;
 }
 
@@ -156,7 +152,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     fail("quantize: {} needs calibration text: pass --calib FILE",
          job.flexround                         ? "FlexRound"
          : job.layer.method == QuantMethod::GPTQ ? "GPTQ"
-         : uses_outliers(job, false)          ? "choosing outliers"
+         : uses_outliers(job)          ? "choosing outliers"
          : job.quantize_activations           ? "activation quantization"
                                               : "the output-error metric");
   LoadedModel m = load_model(job.model, job.tokenizer);
