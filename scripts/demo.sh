@@ -23,6 +23,13 @@ build/lowbit quantize --model $A/models/stories260K --out out/stories260K-gptq-m
 echo "== eval: the quantized model against F32"
 build/lowbit eval --model out/stories260K-gptq-mofq-w4 --text $A/data/wikitext2/wiki.test.raw --ctx 512 --chunks 100 \
   --kld-base out/stories260K.logp --json out/stories260K-gptq-mofq-w4.json
+echo "== quantize: stories260K, FlexRound (learned rounding, block reconstruction) INT4 groups of 32"
+build/lowbit quantize --model $A/models/stories260K --out out/stories260K-flexround-w4 --method flexround \
+  --format int4:g32 --calib $A/data/wikitext2/tok_valid.txt --nsamples 32 --seqlen 256 --json out/quantize-flexround.json \
+  | tail -n 2
+echo "== eval: the FlexRound model against F32"
+build/lowbit eval --model out/stories260K-flexround-w4 --text $A/data/wikitext2/wiki.test.raw --ctx 512 --chunks 100 \
+  --kld-base out/stories260K.logp --json out/stories260K-flexround-w4.json
 echo "== quantize: gutenberg-6m, GPTQ onto GGUF Q4_0, written as out/gutenberg-6m-q4_0.gguf (runs in llama.cpp)"
 build/lowbit quantize --model $A/models/gutenberg-6m --out-gguf out/gutenberg-6m-q4_0.gguf --method gptq \
   --format gguf:q4_0 --calib $A/data/wikitext2/tok_valid.txt --seqlen 256 --json out/quantize-gguf.json | tail -n 2
