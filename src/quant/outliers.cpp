@@ -249,13 +249,13 @@ std::map<std::string, Tensor> gradient_outlier_masks(LlamaModel& model, const Te
     const std::string short_name = name.substr(prefix, name.size() - prefix - std::string(".weight").size());
     Tensor s = gradient_saliency(rule, model.layers()[layer].linear(short_name).weight, g).to(torch::kCPU);
     if (global) saliencies.emplace_back(name, s);
-    else masks[name] = select_outliers(s, percent);
+    else masks[name] = select_outliers(s, percent).to_sparse();
   });
   if (global) {
     std::vector<Tensor> all;
     for (auto& [name, s] : saliencies) all.push_back(s);
     std::vector<Tensor> selected = select_outliers_global(all, percent);
-    for (size_t i = 0; i < saliencies.size(); ++i) masks[saliencies[i].first] = selected[i];
+    for (size_t i = 0; i < saliencies.size(); ++i) masks[saliencies[i].first] = selected[i].to_sparse();
   }
   return masks;
 }

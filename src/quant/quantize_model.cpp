@@ -190,7 +190,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   auto outlier_mask = [&](const std::string& name, const LayerScheme& s, const torch::Tensor& W,
                           const torch::Tensor& H) -> torch::Tensor {
     if (!s.outliers || s.outliers->percent == 0) return torch::zeros_like(W, torch::kBool);
-    if (s.outliers->needs_gradients()) return gradient_masks.at(s.outliers->str()).at(name);
+    if (s.outliers->needs_gradients()) return gradient_masks.at(s.outliers->str()).at(name).to_dense();
     return select_outliers(hessian_saliency(W, H, s.format, job.layer), s.outliers->percent);
   };
 

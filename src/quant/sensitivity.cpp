@@ -215,7 +215,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
       Tensor W_hat;
       if (c.outliers) {
         Tensor mask;
-        if (c.outliers->needs_gradients()) mask = gradient_masks.at(c.outliers->str()).at(name);
+        if (c.outliers->needs_gradients()) mask = gradient_masks.at(c.outliers->str()).at(name).to_dense();
         else mask = select_outliers(hessian_saliency(W, H, spec, lq), c.outliers->percent);
         W_hat = quantize_layer_with_outliers(W, spec, lq, H, mask).layer.dequantized;
       } else {

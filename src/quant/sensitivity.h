@@ -37,7 +37,7 @@
 // metric keeps (L + 1) block inputs and the log-probabilities of the kld windows
 // ([kld_samples, T, hidden] each and [kld_samples, T, vocab]); the fisher metric keeps the Fisher
 // diagonal of every decoder linear (one float32 copy of them, model-size), and each distinct
-// gradient outlier rule a bool mask per linear (a quarter of that). Entropy keeps at most
+// gradient outlier rule a sparse mask per linear (16 bytes per outlier). Entropy keeps at most
 // entropy_tokens input rows of the current linear.
 //
 // Determinism: the same model, tokens, candidates and options (and thread count) give the same
