@@ -55,6 +55,41 @@ class StatsAccumulator {
 
 }  // namespace
 
+void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, const SequentialOptions& opt,
+                     const QuantizeLinear& quantize_linear) {
+  torch::NoGradGuard no_grad;
+  auto quantize_group = [&](const std::vector<std::string>& group, const StatsAccumulator& acc) {
+    for (const std::string& short_name : group)
+      quantize_linear(l, fmt::format("model.layers.{}.{}.weight", l, short_name), model.layers()[l].linear(short_name),
+                      acc.stats());
+  };
+  const auto& groups = sequential_groups();
+  // Each stage's input is computed once per batch from the previous stage's result, with the
+  // earlier groups of the block already quantized: about one forward pass per block in all.
+  StatsAccumulator qkv(opt), o(opt), gate_up(opt), down(opt);
+  for (const torch::Tensor& x : xs) qkv.add(model.attn_norm(l, x));
+  quantize_group(groups[0], qkv);
+
+  std::vector<torch::Tensor> ctxs;
+  for (const torch::Tensor& x : xs) {
+    ctxs.push_back(model.attention(l, model.attn_norm(l, x)));
+    o.add(ctxs.back());
+  }
+  quantize_group(groups[1], o);
+
+  for (size_t b = 0; b < xs.size(); ++b) {
+    xs[b] = model.attention_residual(l, xs[b], ctxs[b]);  // xs now holds the residual stream r
+    ctxs[b] = torch::Tensor();
+    gate_up.add(model.mlp_norm(l, xs[b]));
+  }
+  quantize_group(groups[2], gate_up);
+
+  for (const torch::Tensor& r : xs) down.add(model.mlp_hidden(l, model.mlp_norm(l, r)));
+  quantize_group(groups[3], down);
+
+  for (torch::Tensor& r : xs) r = model.mlp_residual(l, r, model.mlp_hidden(l, model.mlp_norm(l, r)));
+}
+
 void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens, const SequentialOptions& opt,
                            const QuantizeLinear& quantize_linear) {
   torch::NoGradGuard no_grad;
@@ -68,40 +103,14 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
 
   Progress progress("quantize", size_t(layers) * 7, opt.progress);
   size_t done = 0;
-  auto quantize_group = [&](int l, const std::vector<std::string>& group, const StatsAccumulator& acc) {
-    for (const std::string& short_name : group) {
-      quantize_linear(l, fmt::format("model.layers.{}.{}.weight", l, short_name),
-                      model.layers()[l].linear(short_name), acc.stats());
-      progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers, short_name));
-    }
-  };
-  const auto& groups = sequential_groups();
-  // Each stage's input is computed once per batch from the previous stage's result, with the
-  // earlier groups of the block already quantized: about one forward pass per block in all.
-  for (int l = 0; l < layers; ++l) {
-    StatsAccumulator qkv(opt), o(opt), gate_up(opt), down(opt);
-    for (const torch::Tensor& x : xs) qkv.add(model.attn_norm(l, x));
-    quantize_group(l, groups[0], qkv);
-
-    std::vector<torch::Tensor> ctxs;
-    for (const torch::Tensor& x : xs) {
-      ctxs.push_back(model.attention(l, model.attn_norm(l, x)));
-      o.add(ctxs.back());
-    }
-    quantize_group(l, groups[1], o);
-
-    for (size_t b = 0; b < xs.size(); ++b) {
-      xs[b] = model.attention_residual(l, xs[b], ctxs[b]);  // xs now holds the residual stream r
-      ctxs[b] = torch::Tensor();
-      gate_up.add(model.mlp_norm(l, xs[b]));
-    }
-    quantize_group(l, groups[2], gate_up);
-
-    for (const torch::Tensor& r : xs) down.add(model.mlp_hidden(l, model.mlp_norm(l, r)));
-    quantize_group(l, groups[3], down);
-
-    for (torch::Tensor& r : xs) r = model.mlp_residual(l, r, model.mlp_hidden(l, model.mlp_norm(l, r)));
-  }
+  for (int l = 0; l < layers; ++l)
+    calibrate_block(model, l, xs, opt, [&](int l, const std::string& name, Linear& linear, const LinearInputStats& st) {
+      quantize_linear(l, name, linear, st);
+      // "model.layers.3.mlp.up_proj.weight" is shown as "layer 4/8 mlp.up_proj"
+      const size_t from = name.find('.', std::string_view("model.layers.").size()) + 1;
+      progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers,
+                                          name.substr(from, name.size() - from - std::string_view(".weight").size())));
+    });
   progress.finish();
 }
 

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "model/llama_model.h"
 
@@ -38,6 +39,12 @@ using QuantizeLinear =
 
 // The linear layers of a block in the groups that share an input, in quantization order.
 const std::vector<std::vector<std::string>>& sequential_groups();
+
+// One block of that driver: xs holds block l's inputs as batches [b, seqlen, hidden]; each linear
+// is passed to quantize_linear in order with its input's statistics, and xs becomes the block's
+// outputs. A callback that leaves the weights alone gathers statistics of the block as it is.
+void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, const SequentialOptions& options,
+                     const QuantizeLinear& quantize_linear);
 
 void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens, const SequentialOptions& options,
                            const QuantizeLinear& quantize_linear);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "calib/sequential.h"
 #include "quant/grid.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -18,7 +19,9 @@ using torch::Tensor;
 // ---------------------------------------------------------------------------------------------
 // One layer's parameters.
 
-FlexRoundWeight::FlexRoundWeight(const Tensor& W, const FormatSpec& spec, const FlexRoundOptions& o) : spec_(spec) {
+FlexRoundWeight::FlexRoundWeight(const Tensor& W, const FormatSpec& spec, const FlexRoundOptions& o,
+                                 const Tensor& keep)
+    : spec_(spec) {
   if (spec.scaling() == Scaling::Ggml)
     fail("FlexRound: GGUF type {} is not supported (int8:g32 and int4:g32 are Q8_0's and Q4_0's exact grids, "
          "and export to GGUF)", spec.str());
@@ -26,16 +29,23 @@ FlexRoundWeight::FlexRoundWeight(const Tensor& W, const FormatSpec& spec, const 
   torch::NoGradGuard no_grad;
   w_ = W.detach().to(torch::kFloat32).contiguous();
   rows_ = w_.size(0), cols_ = w_.size(1);
+  w_grid_ = w_;
+  if (keep.defined()) {
+    outliers_ = SparseOutliers::from_mask(w_, keep);  // checks the shape and fp16 range
+    keep_ = keep.to(w_.device(), torch::kBool);
+    kept_ = outliers_.dense(w_.device());
+    w_grid_ = w_.masked_fill(keep_, 0.0f);  // 0 stretches no range and rounds to the code of 0
+  }
   per_tensor_ = spec.granularity == Granularity::Tensor;
   group_ = spec.granularity == Granularity::Group ? spec.group_size : cols_;
   slots_ = per_tensor_ ? 1 : slots_per_row(spec, cols_);
 
   // s₁ as RTN fits it: the same per-slot fit as rtn.cpp (padding zeros change no fit).
   FormatGrid fg(spec, w_.device());
-  tensor_scale_ = fg.tensor_scale(w_);
-  SlotParams p = per_tensor_ ? fg.fit_search(w_.view({1, 1, -1}), o.init.clip_search, o.init.clip_steps,
+  tensor_scale_ = fg.tensor_scale(w_grid_);
+  SlotParams p = per_tensor_ ? fg.fit_search(w_grid_.view({1, 1, -1}), o.init.clip_search, o.init.clip_steps,
                                              o.init.min_clip, tensor_scale_)
-                             : fg.fit_search(pad(w_), o.init.clip_search, o.init.clip_steps, o.init.min_clip,
+                             : fg.fit_search(pad(w_grid_), o.init.clip_search, o.init.clip_steps, o.init.min_clip,
                                              tensor_scale_);
   scale0_ = p.scale, step0_ = p.step, zero_ = p.zero;
   if (spec.asymmetric) {
@@ -74,7 +84,7 @@ Tensor FlexRoundWeight::unpad(const Tensor& x) const {
 Tensor FlexRoundWeight::divided() const {
   Tensor log_s = d2_ + d3_;
   if (d4_.defined()) log_s = log_s + d4_;
-  return pad(w_ / log_s.exp());  // exp(0) = 1 exactly: no training gives W itself
+  return pad(w_grid_ / log_s.exp());  // exp(0) = 1 exactly: no training gives W itself
 }
 
 Tensor FlexRoundWeight::stored_scale() const {
@@ -105,7 +115,11 @@ Tensor FlexRoundWeight::forward() const {
     soft = t.clamp(grid_lo_, grid_hi_);
   }
   Tensor q = hard + (soft - soft.detach());
-  return unpad(q * step);
+  return with_outliers(unpad(q * step));
+}
+
+Tensor FlexRoundWeight::with_outliers(const Tensor& w_hat) const {
+  return keep_.defined() ? torch::where(keep_, kept_, w_hat) : w_hat;
 }
 
 LayerQuantResult FlexRoundWeight::finish() const {
@@ -120,7 +134,7 @@ LayerQuantResult FlexRoundWeight::finish() const {
   fg.quantize(divided(), p, &codes, &deq);
 
   LayerQuantResult out;
-  out.dequantized = unpad(deq).contiguous();
+  out.dequantized = with_outliers(unpad(deq)).contiguous();
   out.weight_mse = (out.dequantized - w_).square().mean().item<double>();
   Tensor c = unpad(codes).to(torch::kCPU, torch::kUInt8).contiguous();
   Tensor scale = p.scale.reshape({-1}).to(torch::kCPU).contiguous();
@@ -191,11 +205,12 @@ class Batches {
 
 }  // namespace
 
-LayerQuantResult flexround_layer(const Tensor& W, const Tensor& H, const FormatSpec& spec, const FlexRoundOptions& o) {
+LayerQuantResult flexround_layer(const Tensor& W, const Tensor& H, const FormatSpec& spec, const FlexRoundOptions& o,
+                                 const Tensor& keep) {
   check_options(o);
   if (W.dim() != 2 || H.dim() != 2 || H.size(0) != W.size(1) || H.size(1) != W.size(1))
     fail("FlexRound: H must be {}x{} for a {}x{} weight", W.size(1), W.size(1), W.size(0), W.size(1));
-  FlexRoundWeight fw(W, spec, o);
+  FlexRoundWeight fw(W, spec, o, keep);
   Tensor w = W.detach().to(torch::kFloat32);
   Tensor h = H.detach().to(w.device(), torch::kFloat32);
   auto loss_of = [&](const Tensor& what) {
@@ -229,7 +244,7 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens, c
 
 FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
                                 const std::function<FormatSpec(const std::string&)>& format_of,
-                                const FlexRoundOptions& o) {
+                                const FlexRoundOptions& o, const FlexRoundOutliers& outliers) {
   check_options(o);
   if (calib_tokens.dim() != 2 || calib_tokens.size(0) < 1) fail("calibration tokens must be [samples, seqlen]");
   auto start = std::chrono::steady_clock::now();
@@ -265,10 +280,28 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
     DecoderLayer& layer = model.layers()[l];
     Tensor y = run_block(l, x_fp);  // the original block on the original inputs
 
+    // Outlier masks, with each linear's input Hessian on x_q when the rule needs it.
+    std::map<std::string, Tensor> masks;
+    if (outliers.mask_of && outliers.needs_hessian) {
+      SequentialOptions so;
+      so.batch = int(batch), so.progress = false;
+      std::vector<Tensor> xs;
+      for (int64_t s = 0; s < n; s += batch) xs.push_back(x_q.narrow(0, s, std::min(batch, n - s)));
+      calibrate_block(model, l, xs, so, [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
+        masks[name] = outliers.mask_of(name, lin.weight, st.hessian);
+      });
+    } else if (outliers.mask_of) {
+      for (const std::string& name : names) {
+        const std::string full = fmt::format("model.layers.{}.{}.weight", l, name);
+        masks[full] = outliers.mask_of(full, layer.linear(name).weight, Tensor());
+      }
+    }
+
     std::vector<FlexRoundWeight> fws;
     std::vector<Tensor> params;
     for (const std::string& name : names) {
-      fws.emplace_back(layer.linear(name).weight, format_of(fmt::format("model.layers.{}.{}.weight", l, name)), o);
+      const std::string full = fmt::format("model.layers.{}.{}.weight", l, name);
+      fws.emplace_back(layer.linear(name).weight, format_of(full), o, masks.count(full) ? masks[full] : Tensor());
       for (const Tensor& p : fws.back().parameters()) params.push_back(p);
     }
     // RTN: FlexRound's starting point (its value is exactly RTN's).
@@ -290,9 +323,11 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
       }
     }
     for (size_t i = 0; i < names.size(); ++i) {
+      const std::string full = fmt::format("model.layers.{}.{}.weight", l, names[i]);
       LayerQuantResult r = fws[i].finish();
       layer.linear(names[i]).weight = r.dequantized;
-      result.layers[fmt::format("model.layers.{}.{}.weight", l, names[i])] = std::move(r);
+      result.layers[full] = std::move(r);
+      if (fws[i].outliers().nnz() > 0) result.outliers[full] = fws[i].outliers();
     }
     result.loss_after.push_back(recon_loss(l, x_q, y));
     x_q = run_block(l, x_q);  // the next block's inputs from the quantized model

@@ -31,6 +31,11 @@
 // learned). The loss is divided by its RTN value (block: over all windows; layer: exactly), which
 // changes nothing for Adam but the scale of its epsilon.
 //
+// Outliers (GWQ / SpQR, outliers.h): a layer may keep a mask of its weights in fp16 beside the
+// grid. As quantize_layer_with_outliers does for RTN, they are 0 for the grid fit and in W / (S₂ s₃)
+// (so their codes are the code of 0), and Ŵ holds their fp16 values there: they take no part in
+// the learned rounding but are in every reconstruction loss.
+//
 // Stored form: after training, the result is an ordinary grid of the format, built with
 // QuantizedTensor::from_codes, so it is written and exported like any RTN or GPTQ result:
 //   - Plain formats (int/fp/nf4, sym or asym, tensor/channel/group scales): s₁ is rounded to
@@ -64,6 +69,7 @@
 #include <vector>
 
 #include "model/llama_model.h"
+#include "quant/outliers.h"
 #include "quant/quantizer.h"
 
 namespace lowbit {
@@ -90,9 +96,11 @@ struct FlexRoundOptions {
 // One linear layer's FlexRound parameters and its differentiable quantized weight.
 class FlexRoundWeight {
  public:
-  // W [rows, cols], any float dtype (used as float32). Throws lowbit::Error for GGUF types and
-  // for what RTN throws for (non-finite weights, scales beyond fp16).
-  FlexRoundWeight(const torch::Tensor& W, const FormatSpec& spec, const FlexRoundOptions& options);
+  // W [rows, cols], any float dtype (used as float32); keep: an optional bool mask [rows, cols] of
+  // outliers kept in fp16. Throws lowbit::Error for GGUF types and for what RTN throws for
+  // (non-finite weights, scales beyond fp16).
+  FlexRoundWeight(const torch::Tensor& W, const FormatSpec& spec, const FlexRoundOptions& options,
+                  const torch::Tensor& keep = {});
 
   // The learned δ tensors (leaves with requires_grad), for an optimizer.
   std::vector<torch::Tensor> parameters() const;
@@ -102,8 +110,12 @@ class FlexRoundWeight {
   torch::Tensor forward() const;
 
   // The stored form of the current δs: codes and stored scales (from_codes), dequantized
-  // weights equal to dequantize(q), weight_mse; output_error left NaN.
+  // weights equal to dequantize(q) with the outliers put back, weight_mse against W;
+  // output_error left NaN.
   LayerQuantResult finish() const;
+
+  // The kept weights (none without a mask): fp16(W) at the mask.
+  const SparseOutliers& outliers() const { return outliers_; }
 
   const FormatSpec& spec() const { return spec_; }
 
@@ -112,9 +124,14 @@ class FlexRoundWeight {
   torch::Tensor unpad(const torch::Tensor& x) const;  // the inverse view
   torch::Tensor divided() const;                      // W / (S₂ s₃ s₄), padded
   torch::Tensor stored_scale() const;                 // s₁ as stored (fp16-rounded for Plain)
+  torch::Tensor with_outliers(const torch::Tensor& w_hat) const;  // the kept values put in
 
   FormatSpec spec_;
   torch::Tensor w_;        // [rows, cols] float32
+  torch::Tensor w_grid_;   // w_ with the outliers set to 0 (w_ itself without a mask)
+  torch::Tensor keep_;     // bool [rows, cols] outlier mask, or undefined
+  torch::Tensor kept_;     // float32 [rows, cols]: fp16(W) at the outliers, 0 elsewhere
+  SparseOutliers outliers_;
   int64_t rows_ = 0, cols_ = 0, slots_ = 1, group_ = 0;
   bool per_tensor_ = false, learn_scale_ = false;
   float tensor_scale_ = 1.0f;
@@ -127,9 +144,10 @@ class FlexRoundWeight {
 
 // Layer-wise FlexRound: minimises the layer's output error tr(ΔW H ΔWᵀ) (= ‖XΔWᵀ‖² · 2/n for
 // H = 2/n Σ x xᵀ, quantizer.h's convention), full batch, options.iters Adam steps with cosine
-// decay. Returns the stored form with output_error filled in.
+// decay. keep: optional outliers (FlexRoundWeight). Returns the stored form with output_error
+// filled in (the outliers included in dequantized and output_error).
 LayerQuantResult flexround_layer(const torch::Tensor& W, const torch::Tensor& H, const FormatSpec& spec,
-                                 const FlexRoundOptions& options);
+                                 const FlexRoundOptions& options, const torch::Tensor& keep = {});
 
 struct FlexRoundResult {
   // Per HF weight name ("model.layers.3.mlp.up_proj.weight"): the stored form, the weights now
@@ -139,6 +157,7 @@ struct FlexRoundResult {
   // with the RTN weights (before training, = FlexRound with 0 iterations) and with the final
   // stored FlexRound weights, on the same quantized-model inputs x_q.
   std::vector<double> loss_before, loss_after;
+  std::map<std::string, SparseOutliers> outliers;  // per HF weight name, for layers that keep some
   double seconds = 0;
 };
 
@@ -147,9 +166,20 @@ struct FlexRoundResult {
 // weight of the model with its dequantized FlexRound result.
 FlexRoundResult flexround_model(LlamaModel& model, const torch::Tensor& calib_tokens, const FormatSpec& spec,
                                 const FlexRoundOptions& options);
-// The same with a format per layer (a mixed-precision plan): format_of(HF weight name).
+
+// Which weights of each layer to keep in fp16: mask_of(HF weight name, W, H) returns a bool mask
+// shaped like W, or an undefined tensor for none. H is the layer's input Hessian (sequential.h's
+// 2/n Σ x xᵀ) on the quantized model's inputs to the block, with the block's original weights;
+// it is computed only when needs_hessian, and is undefined otherwise.
+struct FlexRoundOutliers {
+  std::function<torch::Tensor(const std::string&, const torch::Tensor& W, const torch::Tensor& H)> mask_of;
+  bool needs_hessian = false;
+};
+
+// The same with a format per layer (a mixed-precision plan): format_of(HF weight name), and
+// optional outliers.
 FlexRoundResult flexround_model(LlamaModel& model, const torch::Tensor& calib_tokens,
                                 const std::function<FormatSpec(const std::string&)>& format_of,
-                                const FlexRoundOptions& options);
+                                const FlexRoundOptions& options, const FlexRoundOutliers& outliers = {});
 
 }  // namespace lowbit

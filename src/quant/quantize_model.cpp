@@ -109,7 +109,6 @@ void check_job(const QuantizeJob& job) {
   if (job.flexround) {
     if (job.plan.empty() && job.candidates.size() != 1)
       fail("quantize: FlexRound takes one format (--format) or a plan, not a MoFQ list");
-    if (uses_outliers(job)) fail("quantize: FlexRound does not take outliers");
     if (job.quantize_activations) fail("quantize: FlexRound quantizes weights only; drop --w8a8");
     for (const LayerScheme& s : all_schemes(job))
       if (s.format.scaling() == Scaling::Ggml)
@@ -327,15 +326,24 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     // Block reconstruction over the whole model, then every result written in layer order.
     FlexRoundOptions fo = *job.flexround;
     fo.progress = job.progress;
+    FlexRoundOutliers fo_outliers;
+    if (uses_outliers(job)) {
+      fo_outliers.needs_hessian = uses_hessian_outliers(job);
+      fo_outliers.mask_of = [&](const std::string& name, const torch::Tensor& W, const torch::Tensor& H) {
+        return outlier_mask(name, schemes_of(job, name)[0], W, H);
+      };
+    }
     FlexRoundResult fr = flexround_model(
-        model, calib_tokens, [&](const std::string& name) { return schemes_of(job, name)[0].format; }, fo);
+        model, calib_tokens, [&](const std::string& name) { return schemes_of(job, name)[0].format; }, fo,
+        fo_outliers);
     for (int l = 0; l < num_layers; ++l)
       for (const std::string& short_name : DecoderLayer::linear_names()) {
         const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
         LayerQuantResult& r = fr.layers.at(name);
         const double mse = r.weight_mse;
-        record(name, model.layers()[l].linear(short_name), schemes_of(job, name)[0], std::move(r), {mse}, nullptr,
-               "");
+        auto kept = fr.outliers.find(name);
+        record(name, model.layers()[l].linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
+               kept == fr.outliers.end() ? nullptr : &kept->second, "");
       }
   } else if (needs_calibration(job)) {
     SequentialOptions so;

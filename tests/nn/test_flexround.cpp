@@ -16,6 +16,7 @@
 #include "format/quantized_tensor.h"
 #include "model/model_loader.h"
 #include "quant/flexround.h"
+#include "quant/outliers.h"
 #include "quant/quantizer.h"
 #include "util/allocator.h"
 #include "util/error.h"
@@ -173,6 +174,43 @@ TEST(FlexRoundLayer, TrainedResultIsAnExactStoredGrid) {
     if (spec.scaling() == Scaling::Plain && spec.granularity != Granularity::Tensor) {
       EXPECT_NE(q.scales, rtn.q.scales) << "s1 was not learned";
     }
+  }
+}
+
+// Outliers (GWQ): with no training, FlexRound with a mask is quantize_layer_with_outliers' RTN
+// bit for bit (codes, scales, zero points, the kept fp16 values); trained, the kept weights stay
+// fp16(W), their codes stay the code of 0, and the output error (outliers included, measured
+// from X) is below RTN's with the same outliers.
+TEST(FlexRoundLayer, OutliersAreKeptOutOfTheGrid) {
+  SyntheticLayer s = synthetic(40, 100, 512, 7);
+  // 3% of the weights by magnitude, so that they would stretch their groups' ranges.
+  torch::Tensor mag = s.W.abs().flatten();
+  const float threshold = std::get<0>(mag.sort(0, true))[int64_t(0.03 * double(mag.numel()))].item<float>();
+  torch::Tensor keep = s.W.abs() > threshold;
+  const int64_t k = keep.sum().item<int64_t>();
+  ASSERT_GT(k, 50);
+  torch::Tensor kept16 = s.W.to(torch::kFloat16).to(torch::kFloat32);
+  for (const char* text : {"int3:g32", "int4:g32:asym", "fp4_e2m1:g32", "int4:channel"}) {
+    SCOPED_TRACE(text);
+    FormatSpec spec = FormatSpec::parse(text);
+    OutlierQuantResult rtn = quantize_layer_with_outliers(s.W, spec, LayerQuantOptions{}, torch::Tensor(), keep);
+    FlexRoundWeight untrained(s.W, spec, quiet(0), keep);
+    LayerQuantResult fr0 = untrained.finish();
+    EXPECT_EQ(fr0.q.codes, rtn.layer.q.codes);
+    EXPECT_EQ(fr0.q.scales, rtn.layer.q.scales);
+    EXPECT_EQ(fr0.q.zeros, rtn.layer.q.zeros);
+    EXPECT_TRUE(torch::equal(fr0.dequantized, rtn.layer.dequantized));
+    EXPECT_TRUE(torch::equal(untrained.outliers().values, rtn.outliers.values));
+    EXPECT_TRUE(torch::equal(untrained.outliers().row_ptr, rtn.outliers.row_ptr));
+    EXPECT_TRUE(torch::equal(untrained.outliers().columns(), rtn.outliers.columns()));
+
+    LayerQuantResult fr = flexround_layer(s.W, s.H, spec, quiet(200), keep);
+    EXPECT_TRUE(torch::equal(fr.dequantized.masked_select(keep), kept16.masked_select(keep)));
+    // The low-bit part alone (what the checkpoint stores) is 0 at every outlier.
+    torch::Tensor low = torch::from_blob(dequantize(fr.q).data(), {fr.q.rows, fr.q.cols}, torch::kFloat32).clone();
+    EXPECT_EQ(low.masked_select(keep).abs().max().item<float>(), 0.0f);
+    EXPECT_TRUE(torch::equal(low.masked_select(~keep), fr.dequantized.masked_select(~keep)));
+    EXPECT_LT(output_sse(s, fr.dequantized), output_sse(s, rtn.layer.dequantized));
   }
 }
 

@@ -13,6 +13,7 @@
 #include "model/model_loader.h"
 #include "quant/quantize_model.h"
 #include "util/error.h"
+#include "util/half.h"
 
 #include "support.h"
 
@@ -91,8 +92,11 @@ TEST(QuantizeJob, GradientOutliersAreStoredAndReadBack) {
     for (int64_t i = 0; i < k; ++i) ref.insert(top[i].item<int64_t>());
     for (int64_t r = 0; r < rows; ++r)
       for (int32_t e = so.row_ptr[size_t(r)]; e < so.row_ptr[size_t(r + 1)]; ++e) got.insert(r * cols + so.col[size_t(e)]);
-    for (int64_t i : got)
-      if (!ref.count(i)) EXPECT_NEAR(g[i].item<float>(), threshold, 1e-3 * threshold) << "index " << i;
+    for (int64_t i : got) {
+      if (!ref.count(i)) {
+        EXPECT_NEAR(g[i].item<float>(), threshold, 1e-3 * threshold) << "index " << i;
+      }
+    }
     // What the model computes with: the original weight in fp16 at every outlier (RTN).
     Tensor w0 = W0.flatten(), wq = Wq.flatten();
     for (int64_t i : got) EXPECT_EQ(wq[i].item<float>(), w0[i].to(torch::kFloat16).item<float>()) << "index " << i;
@@ -159,6 +163,58 @@ TEST(QuantizeJob, FlexRoundWithoutStepsIsRtn) {
   EXPECT_GT(changed, 0);  // training moved some rounding
   EXPECT_EQ(t.source->quantization_config().at("tensors").begin()->at("method"), "flexround");
   EXPECT_EQ(trained.quantization_config.at("params").at("flexround").at("iters"), 10);
+}
+
+// FlexRound composes with outliers: without steps, FlexRound + gradient outliers is RTN + the
+// same outliers (weights and stored CSR parts equal); trained, with Hessian-chosen outliers, each
+// layer stores 1% of its weights as fp16 of the original and the bits count them.
+TEST(QuantizeJob, FlexRoundKeepsOutliers) {
+  const std::string rtn_out = scratch("rtn_gwq"), flex0_out = scratch("flex0_gwq"), flex_out = scratch("flex_h");
+  QuantizeJob rtn = stories_job("int3:g32");
+  rtn.out = rtn_out;
+  rtn.outliers = OutlierRule::parse("gradient:1");
+  rtn.gwq_samples = 2;
+  quantize_model(rtn);
+  QuantizeJob flex0 = rtn;
+  flex0.out = flex0_out;
+  flex0.flexround = FlexRoundOptions{};
+  flex0.flexround->iters = 0;
+  quantize_model(flex0);
+  QuantizeJob flex = stories_job("int3:g32");
+  flex.out = flex_out;
+  flex.outliers = OutlierRule::parse("hessian:1");
+  flex.flexround = FlexRoundOptions{};
+  flex.flexround->iters = 10;
+  QuantizeReport report = quantize_model(flex);
+
+  LoadedModel orig = load_model(kStories), a = load_model(rtn_out), b = load_model(flex0_out), t = load_model(flex_out);
+  SafetensorsModel sa(rtn_out + "/model.safetensors"), sb(flex0_out + "/model.safetensors"),
+      st(flex_out + "/model.safetensors");
+  ASSERT_EQ(report.layers.size(), linear_names(*orig.model).size());
+  for (const LayerReport& lr : report.layers) {
+    SCOPED_TRACE(lr.name);
+    const std::string& name = lr.name;
+    const Tensor W0 = weight_of(*orig.model, name);
+    const int64_t rows = W0.size(0), cols = W0.size(1), n = W0.numel(), k = n / 100;
+    EXPECT_TRUE(torch::equal(weight_of(*a.model, name), weight_of(*b.model, name)));
+    StoredOutliers oa = read_outliers(sa, name, rows, cols), ob = read_outliers(sb, name, rows, cols);
+    EXPECT_EQ(oa.row_ptr, ob.row_ptr);
+    EXPECT_EQ(oa.col, ob.col);
+    EXPECT_EQ(oa.values, ob.values);
+
+    StoredOutliers ot = read_outliers(st, name, rows, cols);
+    ASSERT_EQ(int64_t(ot.values.size()), k);
+    EXPECT_EQ(lr.outliers, k);
+    EXPECT_EQ(lr.format, "int3:g32:sym+hessian:1");
+    const Tensor Wt = weight_of(*t.model, name);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int32_t e = ot.row_ptr[size_t(r)]; e < ot.row_ptr[size_t(r + 1)]; ++e) {
+        const float want = W0[r][ot.col[size_t(e)]].to(torch::kFloat16).item<float>();
+        EXPECT_EQ(fp16_to_float(ot.values[size_t(e)]), want);
+        EXPECT_EQ(Wt[r][ot.col[size_t(e)]].item<float>(), want);
+      }
+    EXPECT_NEAR(lr.bits_per_weight, (g32_bits(3, rows, cols) + csr_bits(rows, k)) / double(n), 1e-12);
+  }
 }
 
 std::string file_bytes(const std::string& path) {
