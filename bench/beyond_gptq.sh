@@ -9,20 +9,26 @@
 #   GWQ: GPTQ int3:g32 with 1% fp16 outliers chosen by |g| (gradient:1) or by SpQR's Hessian rule
 #        (hessian:1), against uniform GPTQ at the nearest sizes (int3:g16 below or near, int4:g32 above)
 #   FlexRound (500 steps per block, lr 3e-3) against RTN and GPTQ at int4:g32 and int3:g32
+#   FlexRound int3:g32 with 1% gradient outliers against FlexRound int3:g16 (about the same bits)
+#        and FlexRound int3:g32 (what the outliers add)
 #   Integer program: lowbit plan over int2/int3/int4/int8 (g32) at 3.5 and 4.5 bits per weight,
 #        each sensitivity, quantized by GPTQ, against uniform GPTQ int3:g32 (3.5) and int4:g32 (4.5)
 # Then a comparison table: each method's KLD against its baseline's, with the verdict; a
 # difference below two combined standard errors is called a tie.
-# Usage: bench/beyond_gptq.sh [stories|gutenberg|all]   (default all; ~40 min on 2 cores)
+# Usage: bench/beyond_gptq.sh [stories|gutenberg|all]   (default all; ~60 min per model on 2 cores)
+#   ONLY=id,id,...  run only those rows (comparisons whose rows did not run are left out)
+#   THREADS=N       threads per lowbit command (default: all cores; 1 lets two models run side by side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=../shared/assets
 CALIB=$A/data/wikitext2/tok_valid.txt
-LB=build/lowbit
+LB=${LB:-build/lowbit}  # LB=path: a copy, so that rebuilding does not disturb a running bench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 which=${1:-all}
 CAND=int2:g32,int3:g32,int4:g32,int8:g32
+ONLY=${ONLY:-}
+THREADS=${THREADS:-0}
 
 # id | label | quantize arguments; "plan:BPW:SENSITIVITY" rows run lowbit plan first
 ROWS=(
@@ -35,6 +41,8 @@ ROWS=(
   "flex4|FlexRound int4:g32|--method flexround --format int4:g32"
   "rtn3|RTN int3:g32|--method rtn --format int3:g32"
   "flex3|FlexRound int3:g32|--method flexround --format int3:g32"
+  "flex3g16|FlexRound int3:g16|--method flexround --format int3:g16"
+  "flexgwq3|FlexRound int3:g32 + 1% by gradient|--method flexround --format int3:g32 --outliers gradient:1"
   "ip35k|IP plan 3.5 bpw, kld, GPTQ|plan:3.5:kld"
   "ip35h|IP plan 3.5 bpw, hessian, GPTQ|plan:3.5:hessian"
   "ip35f|IP plan 3.5 bpw, fisher, GPTQ|plan:3.5:fisher"
@@ -50,6 +58,8 @@ COMPARE=(
   "flex4|gptq4|FlexRound vs GPTQ, int4:g32"
   "flex3|rtn3|FlexRound vs RTN, int3:g32"
   "flex3|gptq3|FlexRound vs GPTQ, int3:g32"
+  "flexgwq3|flex3g16|FlexRound + GWQ vs FlexRound, about the same bits"
+  "flexgwq3|flex3|FlexRound + GWQ vs FlexRound int3:g32 (outliers' gain, more bits)"
   "ip35k|gptq3|IP plan (kld) vs uniform, 3.5 bpw"
   "ip35h|gptq3|IP plan (hessian) vs uniform, 3.5 bpw"
   "ip35f|gptq3|IP plan (fisher) vs uniform, 3.5 bpw"
@@ -58,12 +68,13 @@ COMPARE=(
 
 run_model() {  # title model text ctx
   local title=$1 model=$2 text=$3 ctx=$4
-  local eval_args="--text $text --ctx $ctx --chunks 200 --no-progress"
-  local calib="--calib $CALIB --nsamples 128 --no-progress"
+  local eval_args="--text $text --ctx $ctx --chunks 200 --no-progress --threads $THREADS"
+  local calib="--calib $CALIB --nsamples 128 --no-progress --threads $THREADS"
   : >"$work/results.jsonl"
   $LB eval --model "$model" $eval_args --save-logits "$work/base.logp" --json "$work/base.json" >/dev/null
   for row in "${ROWS[@]}"; do
     IFS='|' read -r id label args <<<"$row"
+    [[ -z $ONLY || ",$ONLY," == *",$id,"* ]] || continue
     rm -rf "$work/q" "$work/plan.json"
     local t0=$SECONDS
     if [[ $args == plan:* ]]; then
@@ -100,6 +111,8 @@ print("\n| comparison | method bpw / KLD | baseline bpw / KLD | KLD change | ver
 print("|---|---|---|---|---|")
 for c in sys.argv[4:]:
     m, b, what = c.split("|")
+    if m not in by or b not in by:
+        continue
     m, b = by[m], by[b]
     diff = m["kld"] - b["kld"]
     noise = 2 * math.hypot(m["kld_err"], b["kld_err"])

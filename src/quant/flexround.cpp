@@ -279,6 +279,8 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
   for (int l = 0; l < layers; ++l) {
     DecoderLayer& layer = model.layers()[l];
     Tensor y = run_block(l, x_fp);  // the original block on the original inputs
+    std::vector<std::string> hf_names;  // "model.layers.L.NAME.weight"
+    for (const std::string& name : names) hf_names.push_back(fmt::format("model.layers.{}.{}.weight", l, name));
 
     // Outlier masks, with each linear's input Hessian on x_q when the rule needs it.
     std::map<std::string, Tensor> masks;
@@ -291,17 +293,15 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
         masks[name] = outliers.mask_of(name, lin.weight, st.hessian);
       });
     } else if (outliers.mask_of) {
-      for (const std::string& name : names) {
-        const std::string full = fmt::format("model.layers.{}.{}.weight", l, name);
-        masks[full] = outliers.mask_of(full, layer.linear(name).weight, Tensor());
-      }
+      for (size_t i = 0; i < names.size(); ++i)
+        masks[hf_names[i]] = outliers.mask_of(hf_names[i], layer.linear(names[i]).weight, Tensor());
     }
 
     std::vector<FlexRoundWeight> fws;
     std::vector<Tensor> params;
-    for (const std::string& name : names) {
-      const std::string full = fmt::format("model.layers.{}.{}.weight", l, name);
-      fws.emplace_back(layer.linear(name).weight, format_of(full), o, masks.count(full) ? masks[full] : Tensor());
+    for (size_t i = 0; i < names.size(); ++i) {
+      fws.emplace_back(layer.linear(names[i]).weight, format_of(hf_names[i]), o,
+                       masks.count(hf_names[i]) ? masks[hf_names[i]] : Tensor());
       for (const Tensor& p : fws.back().parameters()) params.push_back(p);
     }
     // RTN: FlexRound's starting point (its value is exactly RTN's).
@@ -323,11 +323,10 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
       }
     }
     for (size_t i = 0; i < names.size(); ++i) {
-      const std::string full = fmt::format("model.layers.{}.{}.weight", l, names[i]);
       LayerQuantResult r = fws[i].finish();
       layer.linear(names[i]).weight = r.dequantized;
-      result.layers[full] = std::move(r);
-      if (fws[i].outliers().nnz() > 0) result.outliers[full] = fws[i].outliers();
+      result.layers[hf_names[i]] = std::move(r);
+      if (fws[i].outliers().nnz() > 0) result.outliers[hf_names[i]] = fws[i].outliers();
     }
     result.loss_after.push_back(recon_loss(l, x_q, y));
     x_q = run_block(l, x_q);  // the next block's inputs from the quantized model
