@@ -71,7 +71,7 @@ run_model() {  # title model text ctx
   local eval_args="--text $text --ctx $ctx --chunks 200 --no-progress --threads $THREADS"
   local calib="--calib $CALIB --nsamples 128 --no-progress --threads $THREADS"
   : >"$work/results.jsonl"
-  $LB eval --model "$model" $eval_args --save-logits "$work/base.logp" --json "$work/base.json" >/dev/null
+  $LB eval --model "$model" $eval_args --save-logits "$work/base.logp" --force --json "$work/base.json" >/dev/null
   for row in "${ROWS[@]}"; do
     IFS='|' read -r id label args <<<"$row"
     [[ -z $ONLY || ",$ONLY," == *",$id,"* ]] || continue
@@ -83,9 +83,9 @@ run_model() {  # title model text ctx
         --method gptq --out "$work/plan.json" >/dev/null
       args="--method gptq --plan $work/plan.json"
     fi
-    $LB quantize --model "$model" --out "$work/q" $args $calib --json "$work/q.json" >/dev/null
+    $LB quantize --model "$model" --out "$work/q" $args $calib --force --json "$work/q.json" >/dev/null
     local secs=$((SECONDS - t0))
-    $LB eval --model "$work/q" $eval_args --kld-base "$work/base.logp" --json "$work/e.json" >/dev/null
+    $LB eval --model "$work/q" $eval_args --kld-base "$work/base.logp" --force --json "$work/e.json" >/dev/null
     python3 - "$work/q.json" "$work/e.json" "$id" "$label" "$secs" >>"$work/results.jsonl" <<'PY'
 import json, sys
 q, e = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))

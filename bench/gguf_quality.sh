@@ -36,7 +36,7 @@ for mix in q4_0,iq4_nl iq4_nl,q4_k q4_0,iq4_nl,q4_k; do
 done
 
 $LB export --model $MODEL --format gguf --dtype f32 --out "$work/f32.gguf" --no-progress >/dev/null
-$LB eval --model "$work/f32.gguf" $eval_args --save-logits "$work/base.logp" --json "$work/base.json" >/dev/null
+$LB eval --model "$work/f32.gguf" $eval_args --save-logits "$work/base.logp" --force --json "$work/base.json" >/dev/null
 echo "### gutenberg-6m: GGUF files (heldout.txt, ctx 256, 200 chunks)"
 echo
 echo "| method | file bytes | linears bits/weight | quantize s | mean KLD | same top % | PPL |"
@@ -50,8 +50,8 @@ for row in "${ROWS[@]}"; do
   IFS='|' read -r label args <<<"$row"
   rm -f "$work/q.gguf"
   $LB quantize --model $MODEL --out-gguf "$work/q.gguf" $args --calib $CALIB --nsamples 128 --seqlen 256 \
-    --no-progress --json "$work/q.json" >/dev/null
-  $LB eval --model "$work/q.gguf" $eval_args --kld-base "$work/base.logp" --json "$work/e.json" >/dev/null
+    --no-progress --force --json "$work/q.json" >/dev/null
+  $LB eval --model "$work/q.gguf" $eval_args --kld-base "$work/base.logp" --force --json "$work/e.json" >/dev/null
   python3 - "$work/q.json" "$work/e.json" "$label" "$(stat -c %s "$work/q.gguf")" <<'PY'
 import json, sys
 q, e = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))

@@ -43,7 +43,7 @@ W8A8_ROWS=(
 run_model() {  # name model text ctx groups...
   local name=$1 model=$2 text=$3 ctx=$4; shift 4
   local eval_args="--text $text --ctx $ctx --chunks 200 --no-progress"
-  $LB eval --model "$model" $eval_args --save-logits "$work/base.logp" --json "$work/base.json" >/dev/null
+  $LB eval --model "$model" $eval_args --save-logits "$work/base.logp" --force --json "$work/base.json" >/dev/null
   echo "### $name"
   echo
   echo "| method | group | bits/weight | quantize s | mean KLD | same top % | PPL |"
@@ -63,8 +63,8 @@ PY
     args=${args//@G/$g}
     rm -rf "$work/q"
     $LB quantize --model "$model" --out "$work/q" $args --calib $CALIB --nsamples 128 --no-progress \
-      --json "$work/q.json" >/dev/null
-    $LB eval --model "$work/q" $eval_args --kld-base "$work/base.logp" --json "$work/e.json" >/dev/null
+      --force --json "$work/q.json" >/dev/null
+    $LB eval --model "$work/q" $eval_args --kld-base "$work/base.logp" --force --json "$work/e.json" >/dev/null
     python3 - "$work/q.json" "$work/e.json" "$label" "$g" <<'PY'
 import json, sys
 q, e = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))

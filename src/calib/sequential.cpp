@@ -60,7 +60,7 @@ void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, c
   torch::NoGradGuard no_grad;
   auto quantize_group = [&](const std::vector<std::string>& group, const StatsAccumulator& acc) {
     for (const std::string& short_name : group)
-      quantize_linear(l, fmt::format("model.layers.{}.{}.weight", l, short_name), model.layers()[l].linear(short_name),
+      quantize_linear(l, fmt::format("model.layers.{}.{}.weight", l, short_name), model.layer(l).linear(short_name),
                       acc.stats());
   };
   const auto& groups = sequential_groups();
@@ -103,7 +103,7 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
 
   Progress progress("quantize", size_t(layers) * 7, opt.progress);
   size_t done = 0;
-  for (int l = 0; l < layers; ++l)
+  for (int l = 0; l < layers; ++l) {
     calibrate_block(model, l, xs, opt, [&](int l, const std::string& name, Linear& linear, const LinearInputStats& st) {
       quantize_linear(l, name, linear, st);
       // "model.layers.3.mlp.up_proj.weight" is shown as "layer 4/8 mlp.up_proj"
@@ -111,6 +111,8 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
       progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers,
                                           name.substr(from, name.size() - from - std::string_view(".weight").size())));
     });
+    if (opt.release_blocks) model.release_layer(l);
+  }
   progress.finish();
 }
 

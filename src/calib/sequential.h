@@ -29,6 +29,9 @@ struct SequentialOptions {
   int64_t input_sample_rows = 0;  // rows of raw inputs to keep (weight+activation format choice)
   int batch = 8;                  // calibration samples per forward pass
   bool progress = true;
+  // Drop each block once its outputs are computed (LlamaModel::release_layer): a driver that
+  // writes each block as it finishes holds one block at a time, not the whole quantized model.
+  bool release_blocks = false;
 };
 
 // Called once per linear layer, in order. `name` is the HF weight name

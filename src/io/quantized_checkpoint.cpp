@@ -15,25 +15,12 @@ namespace lowbit {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-QuantizedCheckpointWriter::QuantizedCheckpointWriter(const std::string& out_dir, json hf_config,
+QuantizedCheckpointWriter::QuantizedCheckpointWriter(const std::string& out_dir, json hf_config, bool replace,
                                                      size_t max_shard_bytes)
-    : out_(fs::path(out_dir).lexically_normal().string()), hf_config_(std::move(hf_config)),
-      max_shard_bytes_(max_shard_bytes) {
-  if (!out_.empty() && out_.back() == '/') out_.pop_back();
-  if (fs::exists(out_) && !fs::is_directory(out_)) fail("output {} exists and is not a directory", out_);
-  tmp_ = fmt::format("{}.partial-{}", out_, ::getpid());
-  std::error_code ec;
-  fs::remove_all(tmp_, ec);
-  fs::create_directories(tmp_, ec);
-  if (ec) fail("cannot create {}: {}", tmp_, ec.message());
-}
+    : dir_(std::make_unique<StagedDirectory>(out_dir, OutputKind::QuantizedCheckpoint, replace)),
+      hf_config_(std::move(hf_config)), max_shard_bytes_(max_shard_bytes) {}
 
-QuantizedCheckpointWriter::~QuantizedCheckpointWriter() {
-  if (!finished_) {
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);
-  }
-}
+QuantizedCheckpointWriter::~QuantizedCheckpointWriter() = default;
 
 void QuantizedCheckpointWriter::add(Pending p) {
   pending_bytes_ += p.bytes.size();
@@ -51,6 +38,12 @@ void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<i
   std::vector<uint8_t> bytes(size_t(n) * 4);
   std::memcpy(bytes.data(), data, bytes.size());
   add({name, DType::F32, std::move(shape), std::move(bytes)});
+  maybe_flush();
+}
+
+void QuantizedCheckpointWriter::add_stored(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                           const uint8_t* bytes, size_t n) {
+  add({name, dtype, std::move(shape), std::vector<uint8_t>(bytes, bytes + n)});
   maybe_flush();
 }
 
@@ -82,7 +75,7 @@ void QuantizedCheckpointWriter::add_quantized(const std::string& name, const Qua
 
 void QuantizedCheckpointWriter::flush(const json& quantization_config) {
   if (pending_.empty() && !shard_files_.empty()) return;
-  std::string file = (fs::path(tmp_) / fmt::format("shard-{}.safetensors", shard_files_.size())).string();
+  std::string file = (fs::path(dir_->path()) / fmt::format("shard-{}.safetensors", shard_files_.size())).string();
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
   if (!quantization_config.is_null()) metadata["quantization_config"] = quantization_config.dump();
   std::vector<SafetensorsWriter::Input> inputs;
@@ -92,6 +85,7 @@ void QuantizedCheckpointWriter::flush(const json& quantization_config) {
     names.push_back(p.name);
   }
   SafetensorsWriter::write_file(file, metadata, inputs);
+  file_bytes_ += fs::file_size(file);
   shard_files_.push_back(file);
   shard_tensors_.push_back(std::move(names));
   pending_.clear();
@@ -114,29 +108,22 @@ void QuantizedCheckpointWriter::finish(const json& quantization_config, const st
   for (size_t i = 0; i < n; ++i) {
     std::string final_name = n == 1 ? "model.safetensors"
                                     : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
-    fs::rename(shard_files_[i], fs::path(tmp_) / final_name);
+    fs::rename(shard_files_[i], fs::path(dir_->path()) / final_name);
     for (const std::string& t : shard_tensors_[i]) weight_map[t] = final_name;
   }
   if (n > 1) {
     json index = {{"metadata", {{"quantization_config", quantization_config.dump()}}}, {"weight_map", weight_map}};
-    write_text(fs::path(tmp_) / "model.safetensors.index.json", index.dump(2));
+    write_text(fs::path(dir_->path()) / "model.safetensors.index.json", index.dump(2));
   }
   json cfg = hf_config_;
   cfg["quantization_config"] = {{"quant_method", kQuantMethodName},
                                 {"bits_per_weight", quantization_config.value("bits_per_weight", 0.0)}};
-  write_text(fs::path(tmp_) / "config.json", cfg.dump(2));
+  write_text(fs::path(dir_->path()) / "config.json", cfg.dump(2));
   if (!tokenizer_dir.empty())
     for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"})
-      if (fs::exists(fs::path(tokenizer_dir) / f)) fs::copy_file(fs::path(tokenizer_dir) / f, fs::path(tmp_) / f);
-
-  // Replace an older output only now that the new one is complete.
-  std::error_code ec;
-  std::string old = fmt::format("{}.old-{}", out_, ::getpid());
-  if (fs::exists(out_)) fs::rename(out_, old, ec);
-  if (ec) fail("cannot replace {}: {}", out_, ec.message());
-  fs::rename(tmp_, out_, ec);
-  if (ec) fail("cannot move {} to {}: {}", tmp_, out_, ec.message());
-  fs::remove_all(old, ec);
+      if (fs::exists(fs::path(tokenizer_dir) / f)) fs::copy_file(fs::path(tokenizer_dir) / f, fs::path(dir_->path()) / f,
+                      fs::copy_options::overwrite_existing);
+  dir_->commit();  // replaces an older output only now that the new one is complete
   finished_ = true;
 }
 

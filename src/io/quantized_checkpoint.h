@@ -12,22 +12,26 @@
 //   NAME.outlier_cols   U16 [nnz]        (I32 when cols > 65535), increasing within a row
 //   NAME.outlier_values F16 [nnz]        the value the layer computes with at that position
 // and its "tensors" entry an "outliers" object ({"rule": "gradient:1", "count": nnz}).
-// Every other tensor (embeddings, norms, biases) is stored as F32 under its own name.
+// Every other tensor (embeddings, norms, biases) is stored under its own name in the dtype it
+// was given: the source checkpoint's, unless it was quantized too.
 // The safetensors metadata key "quantization_config" holds a JSON object that records, per
 // tensor, its format, method and parameters ("tensors"), and per linear input its activation
 // format and static scale ("activations"). config.json carries the model config plus a short
 // "quantization_config" marking the directory as lowbit's.
 //
 // Writing is atomic and streaming: tensors are buffered up to a shard size and written to shard
-// files in a temporary directory beside the output, which is renamed into place by finish().
+// files in the scratch directory beside the output (io/output_path.h), which finish() moves into
+// place. An existing output is replaced only if it is a lowbit quantized checkpoint and `replace`.
 // One shard is named model.safetensors; several become model-0000i-of-0000N.safetensors plus
 // model.safetensors.index.json.
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "format/quantized_tensor.h"
 #include "io/dtype.h"
+#include "io/output_path.h"
 #include "io/safetensors.h"
 
 namespace lowbit {
@@ -46,17 +50,20 @@ struct StoredOutliers {
 class QuantizedCheckpointWriter {
  public:
   // hf_config: the model's config.json object. max_shard_bytes bounds the memory held.
-  QuantizedCheckpointWriter(const std::string& out_dir, nlohmann::json hf_config,
+  QuantizedCheckpointWriter(const std::string& out_dir, nlohmann::json hf_config, bool replace = false,
                             size_t max_shard_bytes = size_t(2) << 30);
   ~QuantizedCheckpointWriter();  // an unfinished output is removed
 
   void add_float(const std::string& name, std::vector<int64_t> shape, const float* data);
+  // A tensor kept as stored: `bytes` hold shape's elements in `dtype`, copied.
+  void add_stored(const std::string& name, DType dtype, std::vector<int64_t> shape, const uint8_t* bytes, size_t n);
   void add_quantized(const std::string& name, const QuantizedTensor& q);
   void add_outliers(const std::string& name, const StoredOutliers& o);  // after add_quantized(name)
 
   // Writes the last shard, the index, config.json, copies tokenizer files from tokenizer_dir (if
   // not empty), and moves the directory into place (replacing an older output).
   void finish(const nlohmann::json& quantization_config, const std::string& tokenizer_dir);
+  uint64_t weight_file_bytes() const { return file_bytes_; }  // of the safetensors shards written so far
 
  private:
   struct Pending {
@@ -65,9 +72,10 @@ class QuantizedCheckpointWriter {
     std::vector<int64_t> shape;
     std::vector<uint8_t> bytes;
   };
-  std::string out_, tmp_;
+  std::unique_ptr<StagedDirectory> dir_;
   nlohmann::json hf_config_;
   size_t max_shard_bytes_, pending_bytes_ = 0;
+  uint64_t file_bytes_ = 0;
   std::vector<Pending> pending_;
   std::vector<std::string> shard_files_;                 // temporary shard names, in order
   std::vector<std::vector<std::string>> shard_tensors_;  // tensor names per shard

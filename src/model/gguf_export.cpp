@@ -10,6 +10,7 @@
 #include "format/format.h"
 #include "io/ggml_blocks.h"
 #include "io/gguf_writer.h"
+#include "io/output_path.h"
 #include "model/gguf_names.h"
 #include "quant/quantizer.h"
 #include "tokenizer/gguf_vocab.h"
@@ -38,6 +39,10 @@ std::string arch_of(const ModelConfig& c) {
 }
 
 bool is_float_type(const FormatSpec& s) { return ggml_format_info(s).is_float; }
+
+const char* gguf_float_type_name(DType d) {
+  return d == DType::F16 ? "gguf:f16" : d == DType::BF16 ? "gguf:bf16" : "gguf:f32";
+}
 
 // The GGUF type that holds a stored lowbit format exactly, if any.
 std::optional<FormatSpec> gguf_type_of_stored(const FormatSpec& spec) {
@@ -114,7 +119,7 @@ uint32_t llama_file_type(GGMLType t) {  // llama.cpp's llama_ftype, from the mos
 
 std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptions& o, GGMLType* most_common) {
   const ModelConfig& cfg = src.config();
-  arch_of(cfg);
+  check_gguf_model(cfg);
   const nlohmann::json qc = src.quantization_config();
   const nlohmann::json stored = qc.is_object() ? qc.value("tensors", nlohmann::json::object()) : nlohmann::json::object();
   const FormatSpec float_type = o.float_type.value_or(FormatSpec::parse(qc.is_object() ? "gguf:f32" : "gguf:f16"));
@@ -124,15 +129,9 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
   std::map<GGMLType, int64_t> weights_of_type;
   for (const auto& [name, tc] : stored.items()) {
     FormatSpec spec = FormatSpec::parse(tc.at("format").get<std::string>());
-    if (tc.contains("outliers"))
-      fail("GGUF export: {} keeps fp16 outliers beside its low-bit part, which llama.cpp cannot run; quantize "
-           "without --outliers, or export --dequantize", name);
-    auto type = gguf_type_of_stored(spec);
-    if (!type)
-      fail("GGUF export: {} is quantized as {}, which no GGUF type holds exactly; quantize with --format gguf:<type> "
-           "(e.g. gguf:q4_0), or export --dequantize", name, spec.str());
     auto shape = tc.at("shape").get<std::vector<int64_t>>();
-    weights_of_type[ggml_type_of(*type)] += shape.at(0) * shape.at(1);
+    check_gguf_linear(name, spec, shape.at(1), tc.contains("outliers"));
+    weights_of_type[ggml_type_of(*gguf_type_of_stored(spec))] += shape.at(0) * shape.at(1);
   }
   GGMLType common = ggml_type_of(float_type);
   int64_t best = 0;
@@ -154,8 +153,13 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
     } else if (t.shape.size() == 2) {
       const bool embed = hf == "model.embed_tokens.weight";
       const bool output = hf == "lm_head.weight" || (embed && !src.has("lm_head.weight"));
-      if (output) wanted = o.output_type.value_or(float_type);
-      else if (embed) wanted = o.embed_type.value_or(float_type);
+      // A lowbit checkpoint keeps float tensors in the source's dtype: so does the GGUF file.
+      FormatSpec as_stored = float_type;
+      if (!o.float_type && qc.is_object())
+        if (auto view = src.get_stored(hf)) as_stored = FormatSpec::parse(gguf_float_type_name(view->dtype));
+      wanted = as_stored;
+      if (output) wanted = o.output_type.value_or(as_stored);
+      else if (embed) wanted = o.embed_type.value_or(as_stored);
       if (!is_float_type(wanted)) t.source = Source::Rtn;
     } else {
       fail("GGUF export: {} has {} dimensions", hf, t.shape.size());
@@ -213,13 +217,35 @@ void write_hyper_parameters(GGUFWriter& w, const ModelConfig& c, const std::stri
   if (c.rope_scaling.type == "linear") {
     w.set_string(key("rope.scaling.type"), "linear");
     w.set_f32(key("rope.scaling.factor"), float(c.rope_scaling.factor));
-  } else if (c.rope_scaling.type != "default") {
-    fail("GGUF export: rope scaling '{}' is not supported yet (llama.cpp needs rope_freqs.weight)", c.rope_scaling.type);
   }
+}
+
+}  // namespace
+
+void check_gguf_model(const ModelConfig& c) {
+  const std::string arch = arch_of(c);
+  if (c.rope_scaling.type != "default" && c.rope_scaling.type != "linear")
+    fail("GGUF export: rope scaling '{}' is not supported yet (llama.cpp needs rope_freqs.weight)", c.rope_scaling.type);
   if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings)
     fail("GGUF export: sliding-window attention ({} tokens) has no llama.cpp equivalent for the {} architecture",
          c.sliding_window, arch);
 }
+
+void check_gguf_linear(const std::string& name, const FormatSpec& format, int64_t cols, bool outliers) {
+  if (outliers)
+    fail("GGUF export: {} would keep fp16 outliers beside its low-bit part, which llama.cpp cannot run; quantize "
+         "without --outliers, or export --dequantize", name);
+  const FormatSpec spec = format.scaling() == Scaling::Ggml ? gguf_format_for_shape(format, cols) : format;
+  auto type = gguf_type_of_stored(spec);
+  if (!type)
+    fail("GGUF export: {} is quantized as {}, which no GGUF type holds exactly; quantize with --format gguf:<type> "
+         "(e.g. gguf:q4_0), or export --dequantize", name, spec.str());
+  if (gguf_format_for_shape(*type, cols).str() != type->str())
+    fail("GGUF export: {} has rows of {}, which {} (stored as {}) cannot hold; quantize with --format gguf:<type>, "
+         "which falls back per row length, or export --dequantize", name, cols, spec.str(), type->str());
+}
+
+namespace {
 
 // The bytes of one tensor in its planned type and llama.cpp's row order.
 std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t, const std::string& arch) {
@@ -247,6 +273,7 @@ GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOp
 
 GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer, const GgufExportOptions& o) {
   if (o.out.empty()) fail("GGUF export: no output file");
+  check_output_path(o.out, OutputKind::Gguf, o.replace, {src.description()});
   GGMLType common;
   std::vector<TensorPlan> plan = make_plan(src, o, &common);
   const ModelConfig& cfg = src.config();
@@ -260,6 +287,7 @@ GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer
   write_hyper_parameters(w, cfg, arch);
   w.set_u32("general.file_type", llama_file_type(common));
   w.set_u32("general.quantization_version", 2);  // ggml's block layouts as of 2023 (QK_K = 256)
+  w.set_string(kGgufOutputKey, "gguf");  // marks the file as lowbit's own (io/output_path.h)
   for (auto& [key, value] : gguf_tokenizer_metadata(tokenizer, o.tokenizer_dir)) w.set(key, value);
 
   for (const TensorPlan& t : plan) w.add_tensor(t.gguf, t.shape, ggml_type_of(t.type));

@@ -29,7 +29,7 @@ namespace lowbit {
 struct GgufExportOptions {
   std::string out;                       // the .gguf file; written to a temporary name, then renamed
   // gguf:f32, gguf:f16 or gguf:bf16. Default: F16 for an original model (as llama.cpp's
-  // converter), F32 for a lowbit checkpoint (whose float tensors are then kept exactly).
+  // converter); for a lowbit checkpoint, the dtype each float tensor is stored in (kept exactly).
   std::optional<FormatSpec> float_type;
   std::optional<FormatSpec> embed_type;  // nullopt: the default above
   std::optional<FormatSpec> output_type;
@@ -38,6 +38,7 @@ struct GgufExportOptions {
   // (tokenizer/gguf_vocab.h); "" when the tokenizer came from elsewhere (a GGUF's metadata).
   std::string tokenizer_dir;
   bool progress = true;
+  bool replace = false;  // replace an existing lowbit GGUF file at out (--force)
 };
 
 struct GgufTensorReport {
@@ -54,6 +55,12 @@ struct GgufExportReport {
   uint64_t tensor_bytes = 0;
   double linear_bits_per_weight = 0;  // over the decoder's linear weights
 };
+
+// What quantize --out-gguf checks before any work, so that the export cannot fail after it: the
+// model's architecture and hyper-parameters have a llama.cpp form, and a linear NAME quantized
+// as `format` with rows of `cols` (no outliers) is stored by a GGUF type exactly.
+void check_gguf_model(const ModelConfig& config);
+void check_gguf_linear(const std::string& name, const FormatSpec& format, int64_t cols, bool outliers);
 
 // The plan alone (types, fallbacks, sizes), without reading any weight.
 GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOptions& options);

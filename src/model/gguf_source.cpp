@@ -75,11 +75,11 @@ class GGUFSource : public WeightSource {
 
   torch::Tensor get(const std::string& name) const override {
     const GGUFTensor& t = find(name);
-    torch::Tensor out = torch::empty(t.shape, torch::kFloat32);
+    torch::Tensor out = counted_float_tensor(t.shape);
     t.to_float(out.data_ptr<float>());
     if (arch_ == "llama") {
       bool q = name.find("q_proj.") != std::string::npos, k = name.find("k_proj.") != std::string::npos;
-      if (q || k) out = unpermute(out, q ? config_.num_heads : config_.num_kv_heads);
+      if (q || k) out = counted_copy(unpermute(out, q ? config_.num_heads : config_.num_kv_heads));
     }
     return out;
   }

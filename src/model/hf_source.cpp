@@ -26,17 +26,21 @@ class HFSource : public WeightSource, public std::enable_shared_from_this<HFSour
   std::string tokenizer_dir() const override { return dir_; }
   std::string description() const override { return dir_; }
 
+  std::optional<StoredTensorView> get_stored(const std::string& name) const override {
+    const SafetensorsTensor& t = weights_.tensor(name);
+    if (!dtype_is_float16or32(t.dtype)) return std::nullopt;
+    return StoredTensorView{t.dtype, t.shape, t.data, t.nbytes};
+  }
+
   torch::Tensor get(const std::string& name) const override {
     const SafetensorsTensor& t = weights_.tensor(name);
     if (!dtype_is_float16or32(t.dtype))
       fail("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", t.file, name, dtype_name(t.dtype));
     std::vector<int64_t> shape = t.shape;
     // Aligned F32 is used in place: the tensor keeps the mapping alive, and pages load on demand.
-    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
-      auto keep = shared_from_this();
-      return torch::from_blob(const_cast<uint8_t*>(t.data), shape, [keep](void*) {}, torch::kFloat32);
-    }
-    torch::Tensor out = torch::empty(shape, torch::kFloat32);
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+      return counted_alias(t.data, shape, shared_from_this());
+    torch::Tensor out = counted_float_tensor(shape);
     t.to_float(out.data_ptr<float>());
     return out;
   }

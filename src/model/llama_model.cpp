@@ -2,9 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <regex>
 
+#include "io/dtype.h"
 #include "quant/activation.h"
 #include "util/error.h"
 
@@ -56,64 +58,76 @@ torch::Tensor rope_inverse_frequencies(const ModelConfig& c) {
 
 namespace {
 
-torch::Tensor load(const WeightSource& src, const std::string& name, std::vector<int64_t> shape,
-                   torch::Device device) {
+// Rows of the output head converted per tile: the same tiles whatever the memory budget, so that
+// every budget computes bit-identical logits.
+constexpr int64_t kHeadTileRows = 4096;
+
+void expect_tensor(const WeightSource& src, const std::string& name, const std::vector<int64_t>& shape) {
   if (!src.has(name)) fail("{}: missing tensor '{}'", src.description(), name);
-  torch::Tensor t = src.get(name);
-  if (t.sizes() != torch::IntArrayRef(shape))
-    fail("{}: tensor '{}' has shape {}, expected {}", src.description(), name, fmt::join(t.sizes(), "x"),
+  std::vector<int64_t> got = src.shape(name);
+  if (got != shape)
+    fail("{}: tensor '{}' has shape {}, expected {}", src.description(), name, fmt::join(got, "x"),
          fmt::join(shape, "x"));
-  return t.to(device, torch::kFloat32).contiguous();
 }
 
-torch::Tensor load_optional(const WeightSource& src, const std::string& name, std::vector<int64_t> shape,
-                            torch::Device device) {
-  return src.has(name) ? load(src, name, std::move(shape), device) : torch::Tensor();
+torch::Tensor load(const WeightSource& src, const std::string& name, const std::vector<int64_t>& shape,
+                   torch::Device device) {
+  expect_tensor(src, name, shape);
+  return src.get(name).to(device, torch::kFloat32).contiguous();
+}
+
+// The tensors of block `l` with their shapes; optional ones (biases) only where the config has them.
+std::vector<std::pair<std::string, std::vector<int64_t>>> block_tensors(const ModelConfig& c, int l) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const int64_t q_out = int64_t(c.num_heads) * c.head_dim, kv_out = int64_t(c.num_kv_heads) * c.head_dim;
+  const std::string p = fmt::format("model.layers.{}.", l);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t = {
+      {p + "input_layernorm.weight", {H}},        {p + "post_attention_layernorm.weight", {H}},
+      {p + "self_attn.q_proj.weight", {q_out, H}}, {p + "self_attn.k_proj.weight", {kv_out, H}},
+      {p + "self_attn.v_proj.weight", {kv_out, H}}, {p + "self_attn.o_proj.weight", {H, q_out}},
+      {p + "mlp.gate_proj.weight", {I, H}},        {p + "mlp.up_proj.weight", {I, H}},
+      {p + "mlp.down_proj.weight", {H, I}}};
+  if (c.attention_bias)
+    for (auto [n, d] : {std::pair{"q", q_out}, {"k", kv_out}, {"v", kv_out}})
+      t.push_back({p + "self_attn." + n + "_proj.bias", {d}});
+  if (c.mlp_bias)
+    for (auto [n, d] : {std::pair{"gate", I}, {"up", I}, {"down", H}}) t.push_back({p + "mlp." + n + "_proj.bias", {d}});
+  return t;
 }
 
 }  // namespace
 
-LlamaModel::LlamaModel(const WeightSource& src, torch::Device device) : config_(src.config()), device_(device) {
+LlamaModel::LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device device, ModelMemory memory)
+    : src_(std::move(source)), config_(src_->config()), device_(device), memory_(memory) {
+  const WeightSource& src = *src_;
   const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
-  const int64_t q_out = int64_t(c.num_heads) * c.head_dim, kv_out = int64_t(c.num_kv_heads) * c.head_dim;
-  embed_tokens_ = load(src, "model.embed_tokens.weight", {V, H}, device);
-  final_norm_ = load(src, "model.norm.weight", {H}, device);
-  if (src.has("lm_head.weight"))
-    lm_head_.weight = load(src, "lm_head.weight", {V, H}, device);
-  else if (c.tie_word_embeddings)
-    lm_head_.weight = embed_tokens_;
-  else
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  // Everything is checked up front, so that a broken checkpoint fails before any work.
+  expect_tensor(src, "model.embed_tokens.weight", {V, H});
+  if (src.has("lm_head.weight")) expect_tensor(src, "lm_head.weight", {V, H});
+  else if (!c.tie_word_embeddings)
     fail("{}: missing tensor 'lm_head.weight' and tie_word_embeddings is false", src.description());
-
-  layers_.resize(c.num_layers);
-  for (int i = 0; i < c.num_layers; ++i) {
-    std::string p = fmt::format("model.layers.{}.", i);
-    DecoderLayer& L = layers_[i];
-    L.attn_norm = load(src, p + "input_layernorm.weight", {H}, device);
-    L.mlp_norm = load(src, p + "post_attention_layernorm.weight", {H}, device);
-    L.q_proj.weight = load(src, p + "self_attn.q_proj.weight", {q_out, H}, device);
-    L.k_proj.weight = load(src, p + "self_attn.k_proj.weight", {kv_out, H}, device);
-    L.v_proj.weight = load(src, p + "self_attn.v_proj.weight", {kv_out, H}, device);
-    L.o_proj.weight = load(src, p + "self_attn.o_proj.weight", {H, q_out}, device);
-    L.gate_proj.weight = load(src, p + "mlp.gate_proj.weight", {I, H}, device);
-    L.up_proj.weight = load(src, p + "mlp.up_proj.weight", {I, H}, device);
-    L.down_proj.weight = load(src, p + "mlp.down_proj.weight", {H, I}, device);
-    if (c.attention_bias) {
-      L.q_proj.bias = load(src, p + "self_attn.q_proj.bias", {q_out}, device);
-      L.k_proj.bias = load(src, p + "self_attn.k_proj.bias", {kv_out}, device);
-      L.v_proj.bias = load(src, p + "self_attn.v_proj.bias", {kv_out}, device);
+  for (int l = 0; l < c.num_layers; ++l)
+    for (const auto& [name, shape] : block_tensors(c, l)) expect_tensor(src, name, shape);
+  if (c.attention_out_bias)
+    for (int l = 0; l < c.num_layers; ++l) {
+      std::string n = fmt::format("model.layers.{}.self_attn.o_proj.bias", l);
+      if (src.has(n)) expect_tensor(src, n, {H});
     }
-    if (c.attention_out_bias) L.o_proj.bias = load_optional(src, p + "self_attn.o_proj.bias", {H}, device);
-    if (c.mlp_bias) {
-      L.gate_proj.bias = load(src, p + "mlp.gate_proj.bias", {I}, device);
-      L.up_proj.bias = load(src, p + "mlp.up_proj.bias", {I}, device);
-      L.down_proj.bias = load(src, p + "mlp.down_proj.bias", {H}, device);
-    }
-  }
+  final_norm_ = load(src, "model.norm.weight", {H}, device);
+  // A source that cannot hand out its stored bytes (GGUF, a quantized checkpoint's quantized
+  // head) gives fp32 tensors instead.
+  if (!src.get_stored("model.embed_tokens.weight")) embed_tokens_ = load(src, "model.embed_tokens.weight", {V, H}, device);
+  if (src.has("lm_head.weight") && !src.get_stored("lm_head.weight"))
+    lm_head_.weight = load(src, "lm_head.weight", {V, H}, device);
+  else if (!src.has("lm_head.weight") && embed_tokens_.defined())
+    lm_head_.weight = embed_tokens_;
   inv_freq_ = rope_inverse_frequencies(c).to(device);
 
-  // Weight+activation checkpoints: install each linear's static activation fake-quantizer.
+  layers_.resize(c.num_layers);
+  state_.assign(c.num_layers, BlockState::Absent);
+  input_quant_.resize(c.num_layers);
+  // Weight+activation checkpoints: each linear's static activation fake-quantizer.
   nlohmann::json q = src.quantization_config();
   if (q.is_object() && q.contains("activations")) {
     for (const auto& [name, entry] : q["activations"].items()) {
@@ -121,9 +135,108 @@ LlamaModel::LlamaModel(const WeightSource& src, torch::Device device) : config_(
       std::smatch m;
       if (!std::regex_match(name, m, re) || std::stoi(m[1]) >= c.num_layers)
         fail("{}: activation quantization for unknown layer '{}'", src.description(), name);
-      layers_[std::stoi(m[1])].linear(m[2]).input_quant = ActivationQuant::from_json(entry).fake_quantizer();
+      DecoderLayer().linear(m[2]);  // an unknown linear name fails here
+      input_quant_[std::stoi(m[1])][m[2]] = ActivationQuant::from_json(entry).fake_quantizer();
     }
   }
+  if (memory_.block_budget_bytes == ModelMemory::kAll)
+    for (int l = 0; l < c.num_layers; ++l) resident(l);
+}
+
+int64_t LlamaModel::block_bytes() const {
+  int64_t n = 0;
+  for (const auto& [name, shape] : block_tensors(config_, 0)) {
+    int64_t e = 1;
+    for (int64_t d : shape) e *= d;
+    n += e * 4;
+  }
+  return n;
+}
+
+void LlamaModel::load_block(int l) const {
+  const WeightSource& src = *src_;
+  const ModelConfig& c = config_;
+  DecoderLayer& L = layers_[l];
+  std::string p = fmt::format("model.layers.{}.", l);
+  auto get = [&](const std::string& name) { return src.get(p + name).to(device_, torch::kFloat32).contiguous(); };
+  L.attn_norm = get("input_layernorm.weight");
+  L.mlp_norm = get("post_attention_layernorm.weight");
+  for (const std::string& n : DecoderLayer::linear_names()) L.linear(n).weight = get(n + ".weight");
+  if (c.attention_bias)
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) L.linear(n).bias = get(std::string(n) + ".bias");
+  if (c.attention_out_bias && src.has(p + "self_attn.o_proj.bias")) L.o_proj.bias = get("self_attn.o_proj.bias");
+  if (c.mlp_bias)
+    for (const char* n : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) L.linear(n).bias = get(std::string(n) + ".bias");
+  for (const auto& [n, fq] : input_quant_[l]) L.linear(n).input_quant = fq;
+}
+
+const DecoderLayer& LlamaModel::resident(int l) const {
+  if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
+  BlockState& st = state_[l];
+  if (st == BlockState::Released) fail("internal: block {} was used after it was released", l);
+  if (st == BlockState::Pinned) return layers_[l];
+  auto it = std::find(held_order_.begin(), held_order_.end(), l);
+  if (it != held_order_.end()) {  // most recently used last
+    held_order_.erase(it);
+    held_order_.push_back(l);
+    return layers_[l];
+  }
+  // Make room: drop the least recently used held blocks beyond the budget.
+  if (memory_.block_budget_bytes != ModelMemory::kAll) {
+    const int64_t bytes = block_bytes();
+    int64_t pinned = 0;
+    for (BlockState s : state_) pinned += s == BlockState::Pinned;
+    while (!held_order_.empty() &&
+           int64_t(held_order_.size() + pinned) * bytes > memory_.block_budget_bytes) {
+      int victim = held_order_.front();
+      held_order_.erase(held_order_.begin());
+      layers_[victim] = DecoderLayer();
+      state_[victim] = BlockState::Absent;
+    }
+  }
+  load_block(l);
+  st = BlockState::Held;
+  held_order_.push_back(l);
+  return layers_[l];
+}
+
+DecoderLayer& LlamaModel::layer(int l) {
+  resident(l);
+  auto it = std::find(held_order_.begin(), held_order_.end(), l);
+  if (it != held_order_.end()) held_order_.erase(it);
+  state_[l] = BlockState::Pinned;
+  return layers_[l];
+}
+
+void LlamaModel::release_layer(int l) {
+  if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
+  auto it = std::find(held_order_.begin(), held_order_.end(), l);
+  if (it != held_order_.end()) held_order_.erase(it);
+  layers_[l] = DecoderLayer();
+  state_[l] = BlockState::Released;
+}
+
+std::vector<DecoderLayer>& LlamaModel::layers() {
+  for (int l = 0; l < config_.num_layers; ++l) layer(l);
+  return layers_;
+}
+
+torch::Tensor& LlamaModel::embed_weight() {
+  if (!embed_tokens_.defined()) {
+    embed_tokens_ = load(*src_, "model.embed_tokens.weight", {config_.vocab_size, config_.hidden_size}, device_);
+    if (!src_->has("lm_head.weight")) lm_head_.weight = embed_tokens_;
+  }
+  return embed_tokens_;
+}
+
+Linear& LlamaModel::lm_head() {
+  if (!lm_head_.weight.defined()) {
+    if (src_->has("lm_head.weight"))
+      lm_head_.weight = load(*src_, "lm_head.weight", {config_.vocab_size, config_.hidden_size}, device_);
+    else
+      embed_weight();
+  }
+  return lm_head_;
 }
 
 torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
@@ -154,16 +267,30 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
     if (lo < 0 || hi >= config_.vocab_size)
       fail("forward: token id {} out of range for vocab {}", lo < 0 ? lo : hi, config_.vocab_size);
   }
-  return torch::embedding(embed_tokens_, tokens.to(device_, torch::kLong));
+  if (embed_tokens_.defined()) return torch::embedding(embed_tokens_, tokens.to(device_, torch::kLong));
+  return embed_rows(tokens);
+}
+
+// Rows of the stored embedding, converted for these tokens only.
+torch::Tensor LlamaModel::embed_rows(const torch::Tensor& tokens) const {
+  const StoredTensorView view = *src_->get_stored("model.embed_tokens.weight");
+  const int64_t H = config_.hidden_size;
+  const size_t row_bytes = size_t(H) * dtype_size(view.dtype);
+  torch::Tensor ids = tokens.to(torch::kCPU, torch::kLong).contiguous();
+  torch::Tensor out = torch::empty({ids.size(0), ids.size(1), H}, torch::kFloat32);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0; i < ids.numel(); ++i) to_float(view.dtype, view.data + size_t(id[i]) * row_bytes, dst + i * H, size_t(H));
+  return out.to(device_);
 }
 
 torch::Tensor LlamaModel::attn_norm(int li, const torch::Tensor& x) const {
-  return rms_norm(x, layers_.at(li).attn_norm);
+  return rms_norm(x, resident(li).attn_norm);
 }
 
 torch::Tensor LlamaModel::attention(int li, const torch::Tensor& h, int64_t pos0, KVCache* cache) const {
   const ModelConfig& c = config_;
-  const DecoderLayer& L = layers_.at(li);
+  const DecoderLayer& L = resident(li);
   const int64_t B = h.size(0), T = h.size(1), D = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t rep = H / KV;
   torch::Tensor q = L.q_proj(h).view({B, T, H, D}).transpose(1, 2);
@@ -197,20 +324,20 @@ torch::Tensor LlamaModel::attention(int li, const torch::Tensor& h, int64_t pos0
 }
 
 torch::Tensor LlamaModel::attention_residual(int li, const torch::Tensor& x, const torch::Tensor& ctx) const {
-  return x + layers_.at(li).o_proj(ctx);
+  return x + resident(li).o_proj(ctx);
 }
 
-torch::Tensor LlamaModel::mlp_norm(int li, const torch::Tensor& r) const { return rms_norm(r, layers_.at(li).mlp_norm); }
+torch::Tensor LlamaModel::mlp_norm(int li, const torch::Tensor& r) const { return rms_norm(r, resident(li).mlp_norm); }
 
 torch::Tensor LlamaModel::mlp_hidden(int li, const torch::Tensor& h2) const {
-  const DecoderLayer& L = layers_.at(li);
+  const DecoderLayer& L = resident(li);
   torch::Tensor gate = L.gate_proj(h2);
   torch::Tensor up = L.up_proj(h2);
   return torch::silu(gate) * up;
 }
 
 torch::Tensor LlamaModel::mlp_residual(int li, const torch::Tensor& r, const torch::Tensor& m) const {
-  return r + layers_.at(li).down_proj(m);
+  return r + resident(li).down_proj(m);
 }
 
 torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t pos0, KVCache* cache) const {
@@ -219,7 +346,25 @@ torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t 
 }
 
 torch::Tensor LlamaModel::head(const torch::Tensor& x) const {
-  return lm_head_(rms_norm(x, final_norm_));
+  torch::Tensor h = rms_norm(x, final_norm_);
+  if (lm_head_.weight.defined()) return lm_head_(h);
+  // The stored head (or tied embedding), converted a tile of vocabulary rows at a time.
+  const std::string name = src_->has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+  const StoredTensorView view = *src_->get_stored(name);
+  const int64_t V = config_.vocab_size, H = config_.hidden_size;
+  const size_t row_bytes = size_t(H) * dtype_size(view.dtype);
+  std::vector<int64_t> shape = h.sizes().vec();
+  shape.back() = V;
+  torch::Tensor logits = torch::empty(shape, h.options());
+  torch::Tensor flat_h = h.reshape({-1, H}), flat = logits.view({-1, V});
+  torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
+  for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
+    const int64_t n = std::min(kHeadTileRows, V - r0);
+    to_float(view.dtype, view.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
+    torch::Tensor w = tile.narrow(0, 0, n).to(device_);
+    flat.narrow(1, r0, n).copy_(torch::matmul(flat_h, w.t()));
+  }
+  return logits;
 }
 
 KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {

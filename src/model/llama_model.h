@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,10 +38,20 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
+// How much of the decoder stays in memory. Blocks are materialized (fp32, on the device) when a
+// computation reaches them and dropped again, oldest first, once the blocks held exceed the
+// budget; the one being worked on is always held. Token embedding and output head stay in the
+// checkpoint's memory map in their stored dtype: embedding rows are converted as tokens need them,
+// and the head is applied in tiles of vocabulary rows.
+struct ModelMemory {
+  static constexpr int64_t kAll = -1;
+  int64_t block_budget_bytes = kAll;  // kAll: every block is loaded once and kept
+};
+
 class LlamaModel {
  public:
-  // Loads every weight from `source` onto `device`.
-  LlamaModel(const WeightSource& source, torch::Device device = torch::kCPU);
+  // Validates every tensor's presence and shape (no data is read); loads blocks per `memory`.
+  LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device device = torch::kCPU, ModelMemory memory = {});
 
   const ModelConfig& config() const { return config_; }
   torch::Device device() const { return device_; }
@@ -71,20 +82,40 @@ class LlamaModel {
   torch::Tensor mlp_hidden(int layer, const torch::Tensor& h2) const;
   torch::Tensor mlp_residual(int layer, const torch::Tensor& r, const torch::Tensor& m) const;
 
-  std::vector<DecoderLayer>& layers() { return layers_; }
-  const std::vector<DecoderLayer>& layers() const { return layers_; }
-  Linear& lm_head() { return lm_head_; }
-  // The token embedding [vocab, hidden]; with tied embeddings it is also lm_head().weight, and a
+  // Block `l`, materialized. The non-const form also pins it: a block a caller may change is never
+  // dropped and re-read behind its back; release_layer() ends that.
+  const DecoderLayer& layer(int l) const { return resident(l); }
+  DecoderLayer& layer(int l);
+  // Drops block `l` for good (a driver that has finished with it); using it again is an error.
+  void release_layer(int l);
+  // Every block, materialized and pinned (tests and small models).
+  std::vector<DecoderLayer>& layers();
+  // Token embedding [vocab, hidden] and output head, materialized in fp32 for a caller that
+  // changes them (quantizers); with tied embeddings lm_head().weight is the embedding, and a
   // quantizer must set both.
-  torch::Tensor& embed_weight() { return embed_tokens_; }
+  Linear& lm_head();
+  torch::Tensor& embed_weight();
+  const WeightSource& source() const { return *src_; }
 
  private:
+  enum class BlockState { Absent, Held, Pinned, Released };
+  std::shared_ptr<const WeightSource> src_;
   ModelConfig config_;
   torch::Device device_;
-  torch::Tensor embed_tokens_, final_norm_;
-  Linear lm_head_;
-  std::vector<DecoderLayer> layers_;
+  ModelMemory memory_;
+  torch::Tensor embed_tokens_, final_norm_;  // embed_tokens_ only once materialized
+  Linear lm_head_;                          // weight only once materialized (or untied and not stored)
+  mutable std::vector<DecoderLayer> layers_;
+  mutable std::vector<BlockState> state_;
+  mutable std::vector<int> held_order_;  // Held blocks, least recently used first
+  // Per block: the static activation fake-quantizers a W8A8 checkpoint gives its linears.
+  std::vector<std::map<std::string, std::function<torch::Tensor(const torch::Tensor&)>>> input_quant_;
   torch::Tensor inv_freq_;  // [head_dim/2] float64 on device, after rope scaling
+
+  const DecoderLayer& resident(int l) const;
+  void load_block(int l) const;
+  int64_t block_bytes() const;
+  torch::Tensor embed_rows(const torch::Tensor& tokens) const;
 
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(int64_t pos0, int64_t T) const;

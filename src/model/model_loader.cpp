@@ -43,11 +43,12 @@ Tokenizer load_tokenizer(const WeightSource& source, const std::string& path, co
   return std::move(*t);
 }
 
-LoadedModel load_model(const std::string& path, const std::string& tokenizer_path, torch::Device device) {
+LoadedModel load_model(const std::string& path, const std::string& tokenizer_path, torch::Device device,
+                       ModelMemory memory) {
   LoadedModel m;
   m.source = open_weights(path);
   m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(*m.source, path, tokenizer_path));
-  m.model = std::make_unique<LlamaModel>(*m.source, device);
+  m.model = std::make_unique<LlamaModel>(m.source, device, memory);
   return m;
 }
 

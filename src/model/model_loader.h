@@ -18,7 +18,7 @@ struct LoadedModel {
 // Loads weights and the tokenizer (tokenizer.json beside the weights, or `tokenizer_path`), and
 // refuses a tokenizer whose vocabulary does not fit the model's.
 LoadedModel load_model(const std::string& path, const std::string& tokenizer_path = "",
-                       torch::Device device = torch::kCPU);
+                       torch::Device device = torch::kCPU, ModelMemory memory = {});
 
 // The tokenizer of a model: tokenizer_path if given, else tokenizer.json beside the weights, else
 // a GGUF file's own metadata; checked against the model's vocabulary. *tokenizer_dir (if given)

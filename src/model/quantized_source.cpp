@@ -58,15 +58,22 @@ class QuantizedSource : public WeightSource {
     return read_quantized_tensor(weights_, name, qconfig_["tensors"][name]);
   }
 
+  std::optional<StoredTensorView> get_stored(const std::string& name) const override {
+    if (qconfig_["tensors"].contains(name)) return std::nullopt;
+    const SafetensorsTensor& t = weights_.tensor(name);
+    if (!dtype_is_float16or32(t.dtype)) return std::nullopt;
+    return StoredTensorView{t.dtype, t.shape, t.data, t.nbytes};
+  }
+
   torch::Tensor get(const std::string& name) const override {
     if (auto q = get_quantized(name)) {
       std::vector<float> w = dequantize(*q);
-      torch::Tensor W = torch::from_blob(w.data(), {q->rows, q->cols}, torch::kFloat32).clone();
+      torch::Tensor W = counted_copy(torch::from_blob(w.data(), {q->rows, q->cols}, torch::kFloat32));
       if (!qconfig_["tensors"][name].contains("outliers")) return W;
-      return SparseOutliers::from_stored(read_outliers(weights_, name, q->rows, q->cols)).apply(W);
+      return counted_copy(SparseOutliers::from_stored(read_outliers(weights_, name, q->rows, q->cols)).apply(W));
     }
     const SafetensorsTensor& t = weights_.tensor(name);
-    torch::Tensor out = torch::empty(t.shape, torch::kFloat32);
+    torch::Tensor out = counted_float_tensor(t.shape);
     t.to_float(out.data_ptr<float>());
     return out;
   }

@@ -277,7 +277,7 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
   Progress progress("flexround", size_t(layers) * size_t(std::max(o.iters, 1)), o.progress);
   Batches batches(n, batch, o.seed);
   for (int l = 0; l < layers; ++l) {
-    DecoderLayer& layer = model.layers()[l];
+    DecoderLayer& layer = model.layer(l);
     Tensor y = run_block(l, x_fp);  // the original block on the original inputs
     std::vector<std::string> hf_names;  // "model.layers.L.NAME.weight"
     for (const std::string& name : names) hf_names.push_back(fmt::format("model.layers.{}.{}.weight", l, name));

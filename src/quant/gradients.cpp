@@ -98,7 +98,7 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   for (int l = L - 1; l >= 0; --l) {
     std::array<Tensor, 7> grad_acc, fisher_acc;
     {
-      GradWeights weights(model.layers()[size_t(l)]);
+      GradWeights weights(model.layer(l));
       for (size_t b = 0; b < nb; ++b) {
         const bool need_input_grad = l > 0;
         Tensor x = inputs[size_t(l)][b].detach().requires_grad_(need_input_grad);

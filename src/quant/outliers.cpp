@@ -247,7 +247,7 @@ std::map<std::string, Tensor> gradient_outlier_masks(LlamaModel& model, const Te
     // name is "model.layers.<layer>.<short name>.weight"
     const size_t prefix = fmt::format("model.layers.{}.", layer).size();
     const std::string short_name = name.substr(prefix, name.size() - prefix - std::string(".weight").size());
-    Tensor s = gradient_saliency(rule, model.layers()[layer].linear(short_name).weight, g).to(torch::kCPU);
+    Tensor s = gradient_saliency(rule, model.layer(layer).linear(short_name).weight, g).to(torch::kCPU);
     if (global) saliencies.emplace_back(name, s);
     else masks[name] = select_outliers(s, percent).to_sparse();
   });

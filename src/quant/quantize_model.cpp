@@ -139,6 +139,7 @@ nlohmann::json QuantizeReport::to_json() const {
                            {"note", l.note}});
   return {{"bits_per_weight", bits_per_weight},
           {"quantized_weights", quantized_weights},
+          {"file_bytes", file_bytes},
           {"seconds", seconds},
           {"params", quantization_config.value("params", nlohmann::json::object())},
           {"layers", layers_json}};
@@ -194,7 +195,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   };
 
   std::unique_ptr<QuantizedCheckpointWriter> writer;
-  if (!job.out.empty()) writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json());
+  if (!job.out.empty()) writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json(), job.replace);
   QuantizeReport report;
   nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
 
@@ -226,11 +227,16 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   if (tied) model.lm_head().weight = model.embed_weight();
   else quantize_extra("lm_head.weight", model.lm_head().weight, embedding_format(true));
 
-  // Everything else that is not a decoder linear stays in F32.
+  // Everything else that is not a decoder linear keeps the dtype it is stored in (F32 where the
+  // source's form is not a plain float tensor, e.g. a GGUF's).
   if (writer)
     for (const std::string& name : m.source->names()) {
       bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
       if (linear || quantized_extras.count(name)) continue;
+      if (auto stored = m.source->get_stored(name)) {
+        writer->add_stored(name, stored->dtype, stored->shape, stored->data, stored->nbytes);
+        continue;
+      }
       torch::Tensor t = m.source->get(name).contiguous();
       writer->add_float(name, t.sizes().vec(), t.data_ptr<float>());
     }
@@ -342,7 +348,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         LayerQuantResult& r = fr.layers.at(name);
         const double mse = r.weight_mse;
         auto kept = fr.outliers.find(name);
-        record(name, model.layers()[l].linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
+        record(name, model.layer(l).linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
                kept == fr.outliers.end() ? nullptr : &kept->second, "");
       }
   } else if (needs_calibration(job)) {
@@ -362,7 +368,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     for (int l = 0; l < num_layers; ++l)
       for (const std::string& short_name : DecoderLayer::linear_names()) {
         quantize_one(fmt::format("model.layers.{}.{}.weight", l, short_name),
-                     model.layers()[l].linear(short_name), nullptr);
+                     model.layer(l).linear(short_name), nullptr);
         progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
       }
     progress.finish();
@@ -375,7 +381,10 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
                                 {"bits_per_weight", report.bits_per_weight},
                                 {"tensors", tensors}};
   if (job.quantize_activations) report.quantization_config["activations"] = activations;
-  if (writer) writer->finish(report.quantization_config, m.source->tokenizer_dir());
+  if (writer) {
+    writer->finish(report.quantization_config, m.source->tokenizer_dir());
+    report.file_bytes = writer->weight_file_bytes();
+  }
   return report;
 }
 

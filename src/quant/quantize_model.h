@@ -19,6 +19,7 @@ namespace lowbit {
 struct QuantizeJob {
   std::string model, tokenizer;       // model path; tokenizer.json (default: beside the model)
   std::string out;                    // output directory; empty for a dry run
+  bool replace = false;               // out may be an older lowbit checkpoint, replaced (--force)
   std::vector<FormatSpec> candidates; // one: that format; several: MoFQ chooses per layer
   MofqMetric metric = MofqMetric::WeightMse;
   LayerQuantOptions layer;
@@ -27,7 +28,7 @@ struct QuantizeJob {
   int calib_batch = 8;
   bool progress = true;
   // Token embedding and output head, quantized by RTN before everything else. Unset: kept in
-  // F32, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
+  // the source's dtype, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
   // (gguf_embedding_type) so that the checkpoint is exactly what its GGUF export will hold.
   std::optional<FormatSpec> embed_format, output_format;
 
@@ -63,6 +64,7 @@ struct QuantizeReport {
   std::vector<LayerReport> layers;
   double bits_per_weight = 0;  // over every quantized linear weight, scales and outliers included
   int64_t quantized_weights = 0;
+  uint64_t file_bytes = 0;     // the checkpoint's safetensors, everything included (0: dry run)
   double seconds = 0;
   nlohmann::json quantization_config;  // what the checkpoint stores
   nlohmann::json to_json() const;

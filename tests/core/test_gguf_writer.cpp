@@ -405,7 +405,7 @@ TEST(GGUFWriter, Errors) {
     expect_error([&] { w.add_tensor("d", {4}, GGMLType::F32); }, {"'d'", "after the header was written"});
     w.write_tensor("b", four.data(), 16);
     expect_error([&] { w.finish(); }, {"1 of 3", "'c'"});
-    EXPECT_TRUE(dir_entries(dir).size() == 1 && dir_entries(dir)[0].find(".tmp.") != std::string::npos)
+    EXPECT_TRUE(dir_entries(dir).size() == 1 && dir_entries(dir)[0].find(".lowbit-tmp") != std::string::npos)
         << "only the temporary exists before finish()";
   }
   EXPECT_TRUE(dir_entries(dir).empty()) << "a failed writer leaves neither the file nor its temporary";

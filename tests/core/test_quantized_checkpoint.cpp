@@ -67,7 +67,7 @@ TEST(QuantizedCheckpoint, RoundTripEveryScalingKind) {
   std::ifstream in(out / "config.json");
   EXPECT_TRUE(is_quantized_checkpoint(nlohmann::json::parse(in)));
   for (const auto& e : fs::directory_iterator(out.parent_path()))
-    EXPECT_EQ(e.path().filename().string().find("qckpt_roundtrip.partial"), std::string::npos);
+    EXPECT_EQ(e.path().filename().string().find("qckpt_roundtrip.lowbit"), std::string::npos);
 }
 
 TEST(QuantizedCheckpoint, ShardsWhenOverTheLimit) {
@@ -76,7 +76,7 @@ TEST(QuantizedCheckpoint, ShardsWhenOverTheLimit) {
   nlohmann::json tensors;
   std::vector<QuantizedTensor> qs;
   {
-    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, /*max_shard_bytes=*/1000);
+    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, false, /*max_shard_bytes=*/1000);
     for (int i = 0; i < 4; ++i) {
       qs.push_back(random_quantized("int4:g32", 16, 128, 10 + i));  // ~1.1 KB each: a shard per tensor
       std::string name = "layer" + std::to_string(i) + ".weight";
@@ -99,7 +99,7 @@ TEST(QuantizedCheckpoint, UnfinishedWriteLeavesNothing) {
   fs::path out = fs::path(testing::TempDir()) / "qckpt_unfinished";
   fs::remove_all(out);
   {
-    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, 100);
+    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, false, 100);
     w.add_quantized("x.weight", random_quantized("int4:g32", 8, 64, 7));  // flushed to a shard
   }  // destroyed without finish(), as when quantization fails half-way
   EXPECT_FALSE(fs::exists(out));
@@ -107,24 +107,36 @@ TEST(QuantizedCheckpoint, UnfinishedWriteLeavesNothing) {
     EXPECT_EQ(e.path().filename().string().find("qckpt_unfinished"), std::string::npos) << e.path();
 }
 
-TEST(QuantizedCheckpoint, ReplacesAnOlderOutputOnlyWhenComplete) {
+TEST(QuantizedCheckpoint, ReplacesOnlyItsOwnOlderOutputAndOnlyWhenComplete) {
   fs::path out = fs::path(testing::TempDir()) / "qckpt_replace";
   fs::remove_all(out);
   fs::create_directories(out);
-  std::ofstream(out / "old.txt") << "old";
+  std::ofstream(out / "old.txt") << "a user's file";
+  auto q = random_quantized("int4:g32", 8, 64, 8);
+  const nlohmann::json cfg = {{"tensors", {{"x.weight", tensor_entry(q)}}}};
+  // A folder lowbit did not write is refused, even when asked to replace.
+  EXPECT_THROW(QuantizedCheckpointWriter(out.string(), {{"model_type", "llama"}}, /*replace=*/true), Error);
+  EXPECT_TRUE(fs::exists(out / "old.txt"));
+  fs::remove_all(out);
   {
     QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}});
-    w.add_quantized("x.weight", random_quantized("int4:g32", 8, 64, 8));
-  }
-  EXPECT_TRUE(fs::exists(out / "old.txt"));  // the failed run did not touch it
-  {
-    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}});
-    auto q = random_quantized("int4:g32", 8, 64, 8);
     w.add_quantized("x.weight", q);
-    w.finish({{"tensors", {{"x.weight", tensor_entry(q)}}}}, "");
+    w.finish(cfg, "");
   }
-  EXPECT_FALSE(fs::exists(out / "old.txt"));
-  EXPECT_TRUE(fs::exists(out / "model.safetensors"));
+  const auto first = fs::last_write_time(out / "model.safetensors");
+  EXPECT_THROW(QuantizedCheckpointWriter(out.string(), {{"model_type", "llama"}}), Error);  // needs replace
+  {
+    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, true);
+    w.add_quantized("x.weight", q);
+  }  // failed half-way: the older output is untouched
+  EXPECT_EQ(fs::last_write_time(out / "model.safetensors"), first);
+  {
+    QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, true);
+    w.add_quantized("x.weight", q);
+    w.finish(cfg, "");
+  }
+  SafetensorsModel m(out.string());
+  expect_same(read_quantized_tensor(m, "x.weight", cfg["tensors"]["x.weight"]), q);
 }
 
 TEST(QuantizedCheckpoint, MismatchedStoredShapeIsAnError) {

@@ -273,3 +273,74 @@ TEST(Cli, TextShorterThanOneChunk) {
 }
 
 }  // namespace
+
+// ---- Never destroying what lowbit did not write (issue 11, item 6) ----
+
+// `quantize --out` into a folder of the user's, into the model itself, inside it or around it:
+// refused in one line before any work, and every file is still there.
+TEST(Cli, QuantizeNeverWritesOverAUsersFolderOrTheModel) {
+  fs::path d = scratch("safety_user");
+  fs::path model = stories_copy("safety_model");
+  fs::create_directories(d / "mine");
+  std::ofstream(d / "mine" / "thesis.tex") << "years of work";
+  const std::string q = " --format int4:g32 --no-progress";
+  for (const char* force : {"", " --force"}) {
+    expect_clean_error("quantize --model " + model.string() + " --out " + (d / "mine").string() + q + force,
+                       "not a finished lowbit output");
+    expect_clean_error("quantize --model " + model.string() + " --out " + model.string() + q + force, "is the input");
+    expect_clean_error("quantize --model " + model.string() + " --out " + (model / "q").string() + q + force,
+                       "is inside the input");
+    expect_clean_error("quantize --model " + model.string() + " --out " + model.parent_path().string() + q + force,
+                       "contains the input");
+  }
+  EXPECT_EQ(slurp((d / "mine" / "thesis.tex").string()), "years of work");
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"})
+    EXPECT_EQ(fs::file_size(model / f), fs::file_size(fs::path(kStories) / f)) << f;
+  EXPECT_FALSE(fs::exists(model / "q"));
+}
+
+// An earlier lowbit output is replaced only with --force; every other output kind the same way.
+TEST(Cli, OwnOutputsAreReplacedOnlyWithForce) {
+  fs::path d = scratch("safety_force");
+  const std::string q = (d / "q").string(), args = " --format int4:g32 --no-progress";
+  ASSERT_EQ(run("quantize --model " + kStories + " --out " + q + args).exit_code, 0);
+  expect_clean_error("quantize --model " + kStories + " --out " + q + args, "--force");
+  CliResult r = run("quantize --model " + kStories + " --out " + q + args + " --force");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(fs::path(q) / "model.safetensors"));
+  for (const auto& e : fs::directory_iterator(d))  // no scratch or old copy is left beside it
+    EXPECT_EQ(e.path().filename(), "q");
+  // A report over a user's JSON file: refused even with --force.
+  std::ofstream(d / "user.json") << "{\"mine\": true}";
+  expect_clean_error("eval --model " + kStories + kText + " --ctx 64 --no-progress --force --json " +
+                         (d / "user.json").string(), "not a finished lowbit output");
+  EXPECT_EQ(slurp((d / "user.json").string()), "{\"mine\": true}");
+  // An export over a quantized checkpoint: a different kind, refused.
+  expect_clean_error("export --dequantize --model " + kStories + " --out " + q + " --force", "not a");
+}
+
+// --json - and --json /dev/stdout print the report; /dev/stdout stays what it was.
+TEST(Cli, JsonToStandardOutput) {
+  for (const char* path : {"-", "/dev/stdout"}) {
+    CliResult r = run("eval --model " + kStories + kText + " --ctx 64 --chunks 1 --no-progress --json " + path);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    size_t brace = r.out.find("{\n");
+    ASSERT_NE(brace, std::string::npos) << r.out;
+    nlohmann::json j = nlohmann::json::parse(r.out.substr(brace));
+    EXPECT_TRUE(j.contains("perplexity")) << path;
+  }
+  EXPECT_FALSE(fs::is_regular_file(fs::symlink_status("/dev/stdout")));
+}
+
+// Every reason a GGUF file could not be written is found before quantizing: nothing is written.
+TEST(Cli, GgufIncompatibilityIsFoundBeforeAnyWork) {
+  fs::path d = scratch("safety_gguf");
+  const std::string out = " --out " + (d / "q").string() + " --out-gguf " + (d / "q.gguf").string() + " --no-progress";
+  expect_clean_error("quantize --model " + kStories + out + " --format int4:g128", "no GGUF type");
+  expect_clean_error("quantize --model " + kStories + out + " --mofq gguf:q4_0,int4:g64", "no GGUF type");
+  // int4:g32 is Q4_0 exactly, but stories260K's rows of 172 are not whole blocks of 32.
+  expect_clean_error("quantize --model " + kStories + out + " --format int4:g32", "rows of 172");
+  expect_clean_error("quantize --model " + kStories + out + " --format gguf:q4_0 --outliers hessian:1 --calib " + kCalib,
+                     "outliers");
+  EXPECT_TRUE(fs::is_empty(d));
+}

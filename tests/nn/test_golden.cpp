@@ -57,7 +57,7 @@ class GoldenTest : public testing::TestWithParam<std::string> {};
 TEST_P(GoldenTest, LogitsMatchReference) {
   Golden g = read_golden(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/golden/" + GetParam() + ".bin");
   auto src = open_hf_weights(model_path(GetParam()));
-  LlamaModel model(*src);
+  LlamaModel model(src);
   torch::Tensor logits = model.forward(g.tokens.to(torch::kLong));
   ASSERT_EQ(logits.sizes(), g.logits.sizes());
   expect_close(logits, g.logits, GetParam());
@@ -67,7 +67,7 @@ TEST_P(GoldenTest, LogitsMatchReference) {
 TEST_P(GoldenTest, KvCacheMatchesFullPass) {
   Golden g = read_golden(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/golden/" + GetParam() + ".bin");
   auto src = open_hf_weights(model_path(GetParam()));
-  LlamaModel model(*src);
+  LlamaModel model(src);
   torch::Tensor tokens = g.tokens.to(torch::kLong);
   const int64_t B = tokens.size(0), T = tokens.size(1);
   KVCache cache = model.make_cache(B, T);

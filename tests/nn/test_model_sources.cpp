@@ -25,7 +25,7 @@ TEST(ModelSources, GgufAndSafetensorsGiveSameLogits) {
   EXPECT_EQ(gguf->config().vocab_size, 512);
   // llama2.c's export wrote output.weight as its own tensor, so the GGUF copy is untied.
   EXPECT_TRUE(gguf->has("lm_head.weight"));
-  LlamaModel a(*hf), b(*gguf);
+  LlamaModel a(hf), b(gguf);
   torch::manual_seed(0);
   torch::Tensor tokens = torch::randint(3, 512, {2, 64}, torch::kLong);
   torch::Tensor la = a.forward(tokens), lb = b.forward(tokens);
@@ -88,7 +88,7 @@ TEST(ModelSources, ShapeMismatchIsAnError) {
   std::ofstream(dir / "config.json") << j.dump();
   fs::copy_file(kStories + "/model.safetensors", dir / "model.safetensors", fs::copy_options::overwrite_existing);
   auto src = open_weights(dir.string());
-  expect_error_mentions([&] { LlamaModel m(*src); }, "gate_proj");
+  expect_error_mentions([&] { LlamaModel m(src); }, "gate_proj");
 }
 
 TEST(ModelSources, NotAModel) {

@@ -14,6 +14,7 @@ void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Perplexity and KL divergence on a text file");
   struct Opts {
     std::string model, tokenizer, text, protocol = "llamacpp", json;
+    bool force = false;
     EvalOptions eval;
     RuntimeOptions rt;
   };
@@ -28,12 +29,16 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--batch", o->eval.batch, "chunks per forward pass (0: automatic)");
   cmd->add_option("--save-logits", o->eval.save_logits, "write this model's log-probs for later --kld-base");
   cmd->add_option("--kld-base", o->eval.kld_base, "compare against log-probs saved with --save-logits");
-  cmd->add_option("--json", o->json, "write the results as JSON");
+  cmd->add_option("--json", o->json, "write the results as JSON (- for standard output)");
+  cmd->add_flag("--force", o->force, "replace outputs an earlier lowbit run wrote (never anything else)");
   cmd->add_flag("--no-progress", [o](int64_t) { o->eval.progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([o] {
     o->rt.apply();
     o->eval.protocol = parse_protocol(o->protocol);
+    const std::vector<std::string> inputs = {o->model, o->tokenizer, o->text, o->eval.kld_base};
+    if (!o->json.empty()) check_output_path(o->json, OutputKind::Json, o->force, inputs);
+    if (!o->eval.save_logits.empty()) check_output_path(o->eval.save_logits, OutputKind::Logits, o->force, inputs);
     LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device());
     std::string text = read_text_file(o->text);
     std::vector<int32_t> tokens = m.tokenizer->encode(text, /*add_bos=*/false);

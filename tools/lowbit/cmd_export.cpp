@@ -45,23 +45,27 @@ void add_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "Write a model as a GGUF file (llama.cpp) or a plain Hugging Face checkpoint");
   struct Opts {
     std::string model, out, tokenizer, format = "hf", dtype, embed_type, output_type;
-    bool dequantize = false, dry_run = false, progress = true;
+    bool dequantize = false, dry_run = false, progress = true, force = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("--model", o->model, "model directory or .gguf file")->required();
   cmd->add_option("--out", o->out, "output: a directory (hf) or a .gguf file");
   cmd->add_option("--format", o->format, "hf (with --dequantize) or gguf")->check(CLI::IsMember({"hf", "gguf"}));
   cmd->add_flag("--dequantize", o->dequantize, "hf: write dequantized weights as an ordinary HF checkpoint");
-  cmd->add_option("--dtype", o->dtype, "float type of unquantized weights: f32, f16 or bf16 (default: hf f32; gguf f16 for an original model, f32 for a lowbit checkpoint)")
+  cmd->add_option("--dtype", o->dtype, "float type of unquantized weights: f32, f16 or bf16 (default: hf f32; gguf f16 for an original model, as stored for a lowbit checkpoint)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   cmd->add_option("--tokenizer", o->tokenizer, "gguf: tokenizer.json (default: beside the model)");
   cmd->add_option("--embed-type", o->embed_type, "gguf: quantize the token embedding (RTN), e.g. gguf:q4_0 (default: as stored)");
   cmd->add_option("--output-type", o->output_type, "gguf: quantize the output head (RTN), e.g. gguf:q6_k (default: as stored)");
   cmd->add_flag("--dry-run", o->dry_run, "gguf: print each tensor's type and size; write nothing");
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "no progress line");
+  cmd->add_flag("--force", o->force, "replace an output an earlier lowbit run wrote (never anything else)");
   cmd->callback([o] {
     keep_freed_memory();
     if (o->out.empty() && !o->dry_run) throw Error("export: give --out");
+    if (!o->dry_run)
+      check_output_path(o->out, o->format == "gguf" ? OutputKind::Gguf : OutputKind::HfCheckpoint, o->force,
+                        {o->model, o->tokenizer});
     if (o->format == "gguf") {
       if (o->dequantize) throw Error("export: --dequantize is for --format hf");
       GgufExportOptions g;
@@ -70,6 +74,7 @@ void add_export(CLI::App& app) {
       if (!o->embed_type.empty()) g.embed_type = FormatSpec::parse(o->embed_type);
       if (!o->output_type.empty()) g.output_type = FormatSpec::parse(o->output_type);
       g.progress = o->progress;
+      g.replace = o->force;
       run_gguf_export(o->model, o->tokenizer, g, o->dry_run);
       return;
     }
@@ -82,9 +87,9 @@ void add_export(CLI::App& app) {
       std::fprintf(stderr, "warning: %s quantizes activations too; the export keeps only its weights\n",
                    o->model.c_str());
     const DType dtype = o->dtype == "f16" ? DType::F16 : o->dtype == "bf16" ? DType::BF16 : DType::F32;
-    fs::create_directories(o->out);
+    StagedDirectory dir(o->out, OutputKind::HfCheckpoint, o->force);
     {
-      SafetensorsWriter w((fs::path(o->out) / "model.safetensors").string(), {{"format", "pt"}});
+      SafetensorsWriter w((fs::path(dir.path()) / "model.safetensors").string(), {{"format", "pt"}});
       std::vector<std::string> names = src->names();
       for (const std::string& n : names) w.declare(n, dtype, src->shape(n));
       Progress progress("export", names.size());
@@ -101,12 +106,15 @@ void add_export(CLI::App& app) {
     }
     nlohmann::json cfg = src->config().to_json();
     cfg["torch_dtype"] = o->dtype == "f16" ? "float16" : o->dtype == "bf16" ? "bfloat16" : "float32";
-    write_json((fs::path(o->out) / "config.json").string(), cfg);
+    AtomicFile config((fs::path(dir.path()) / "config.json").string());
+    config.write(cfg.dump(2) + "\n");
+    config.commit();
     if (!src->tokenizer_dir().empty())
       for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
         fs::path from = fs::path(src->tokenizer_dir()) / f;
-        if (fs::exists(from)) fs::copy_file(from, fs::path(o->out) / f, fs::copy_options::overwrite_existing);
+        if (fs::exists(from)) fs::copy_file(from, fs::path(dir.path()) / f, fs::copy_options::overwrite_existing);
       }
+    dir.commit();
     std::printf("wrote %s\n", o->out.c_str());
   });
 }

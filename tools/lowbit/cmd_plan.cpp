@@ -61,7 +61,7 @@ void add_plan(CLI::App& app) {
   struct Opts {
     std::string model, tokenizer, candidates, outliers, sensitivity = "kld", method = "gptq", target_size, out, json;
     double target_bpw = 0, luq = 0;
-    bool no_tie = false, progress = true;
+    bool no_tie = false, progress = true, force = false;
     CalibOptions calib;
     int calib_batch = 8, kld_samples = 8;
     SensitivityOptions sens;
@@ -104,7 +104,8 @@ void add_plan(CLI::App& app) {
   cmd->add_flag("--clip-search", o->sens.layer.rtn.clip_search, "RTN: MSE-optimal clipping per scale");
   cmd->add_option("--damp", o->sens.layer.gptq.damp, "GPTQ: damping, fraction of mean diag(H)");
   cmd->add_option("--out", o->out, "write the plan (JSON, read by quantize --plan)");
-  cmd->add_option("--json", o->json, "write the per-layer report as JSON");
+  cmd->add_option("--json", o->json, "write the per-layer report as JSON (- for standard output)");
+  cmd->add_flag("--force", o->force, "replace outputs an earlier lowbit run wrote (never anything else)");
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
@@ -117,6 +118,9 @@ void add_plan(CLI::App& app) {
     if (o->luq != 0 && !(o->luq > 0 && o->luq <= 1))
       throw Error(fmt::format("plan: --luq must be a fraction in (0, 1], not {}", o->luq));
     const std::vector<LayerScheme> candidates = parse_schemes(o->candidates, o->outliers);
+    const std::vector<std::string> inputs = {o->model, o->tokenizer, o->calib.file};
+    if (!o->out.empty()) check_output_path(o->out, OutputKind::Json, o->force, inputs);
+    if (!o->json.empty()) check_output_path(o->json, OutputKind::Json, o->force, inputs);
 
     SensitivityOptions so = o->sens;
     so.metric = parse_sensitivity(o->sensitivity);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "model/gguf_export.h"
 #include "common.h"
 #include "quant/mixed_precision.h"
 #include "quant/quantize_model.h"
@@ -74,6 +75,34 @@ void print_report(const QuantizeReport& r, const QuantizeJob& job) {
   }
   std::printf("bits per weight (linear layers, scales and outliers included): %.4f over %lld weights; %.1f s\n", r.bits_per_weight,
               (long long)r.quantized_weights, r.seconds);
+  if (r.file_bytes)
+    std::printf("checkpoint: %llu bytes (%.2f GiB) of weights, embedding and head included\n",
+                (unsigned long long)r.file_bytes, double(r.file_bytes) / double(1ull << 30));
+}
+
+// Every reason the outputs could not be written, found before any quantization work.
+template <typename Opts>
+void check_outputs(const Opts& o, const QuantizeJob& job) {
+  const std::vector<std::string> inputs = {o.model, o.tokenizer, o.plan, job.calib.file};
+  if (!job.out.empty()) check_output_path(job.out, OutputKind::QuantizedCheckpoint, job.replace, inputs);
+  if (!o.json.empty()) check_output_path(o.json, OutputKind::Json, o.force, inputs);
+  if (o.out_gguf.empty()) return;
+  check_output_path(o.out_gguf, OutputKind::Gguf, o.force, inputs);
+  auto src = open_weights(o.model);
+  check_gguf_model(src->config());
+  for (const std::string& name : src->names()) {
+    if (!name.starts_with("model.layers.") || !name.ends_with("_proj.weight")) continue;
+    const int64_t cols = src->shape(name).back();
+    auto planned = job.plan.find(name);
+    if (planned != job.plan.end()) {
+      check_gguf_linear(name, planned->second.format, cols, planned->second.outliers.has_value());
+      continue;
+    }
+    for (const FormatSpec& f : job.candidates) check_gguf_linear(name, f, cols, job.outliers.has_value());
+  }
+  const int64_t hidden = src->config().hidden_size;
+  if (job.embed_format) check_gguf_linear("model.embed_tokens.weight", *job.embed_format, hidden, false);
+  if (job.output_format) check_gguf_linear("lm_head.weight", *job.output_format, hidden, false);
 }
 
 }  // namespace
@@ -83,10 +112,10 @@ void add_quantize(CLI::App& app) {
   cmd->footer(recipe_help());
   struct Opts {
     std::string model, tokenizer, out, out_gguf, method = "rtn", format, mofq, metric = "weight", recipe, json, plan,
-        outliers;
+        outliers, embed_format, head_format;
     FlexRoundOptions flexround;
     QuantizeJob job;
-    bool dry_run = false, w8a8 = false;
+    bool dry_run = false, w8a8 = false, force = false;
     RuntimeOptions rt;
   };
   auto o = std::make_shared<Opts>();
@@ -110,6 +139,11 @@ void add_quantize(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--iters", o->flexround.iters, "FlexRound: Adam steps per block")->check(CLI::NonNegativeNumber);
   cmd->add_option("--lr", o->flexround.lr, "FlexRound: learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--embed-format", o->embed_format,
+                  "quantize the token embedding (RTN) to any format, e.g. int8:channel (default: kept in its stored "
+                  "dtype; GGUF jobs: llama-quantize's choice)");
+  cmd->add_option("--head-format", o->head_format,
+                  "quantize the output head (RTN), e.g. gguf:q6_k (default as --embed-format)");
   auto* metric_opt = cmd->add_option("--metric", o->metric, "format choice by weight MSE or by output error (H)")
                          ->check(CLI::IsMember({"weight", "output"}));
   auto* w8a8_opt = cmd->add_flag("--w8a8", o->w8a8, "quantize activations too (static per-tensor scales)");
@@ -126,7 +160,8 @@ void add_quantize(CLI::App& app) {
   cmd->add_flag("--act-order", o->job.layer.gptq.act_order, "GPTQ: quantize columns by decreasing diag(H)");
   cmd->add_flag("--static-groups", o->job.layer.gptq.static_groups, "GPTQ: fit group scales up front");
   cmd->add_flag("--dry-run", o->dry_run, "print the per-layer choices and errors; write nothing");
-  cmd->add_option("--json", o->json, "write the per-layer report as JSON");
+  cmd->add_option("--json", o->json, "write the per-layer report as JSON (- for standard output)");
+  cmd->add_flag("--force", o->force, "replace outputs an earlier lowbit run wrote (never anything else)");
   cmd->add_flag("--no-progress", [o](int64_t) { o->job.progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
@@ -152,10 +187,11 @@ void add_quantize(CLI::App& app) {
     QuantizeJob& job = o->job;
     job.model = o->model;
     job.tokenizer = o->tokenizer;
-    // --out-gguf alone: the checkpoint is a temporary the export reads, removed afterwards.
-    std::unique_ptr<TempDir> scratch;
-    if (!o->dry_run && o->out.empty()) scratch = std::make_unique<TempDir>(o->out_gguf + ".checkpoint");
-    job.out = o->dry_run ? "" : scratch ? scratch->path : o->out;
+    job.replace = o->force;
+    // --out-gguf alone: the checkpoint is an intermediate the export reads, removed once it worked.
+    const bool intermediate = !o->dry_run && o->out.empty();
+    job.out = o->dry_run ? "" : intermediate ? o->out_gguf + ".lowbit-checkpoint" : o->out;
+    if (intermediate && lowbit_output_kind(job.out) == OutputKind::QuantizedCheckpoint) job.replace = true;
     if (!o->plan.empty()) {
       PlanFile plan = plan_from_json(read_json_file(o->plan, "plan"));
       for (size_t i = 0; i < plan.layers.size(); ++i)
@@ -164,10 +200,13 @@ void add_quantize(CLI::App& app) {
       job.candidates = parse_candidates(o->format.empty() ? o->mofq : o->format);
     }
     if (!o->outliers.empty()) job.outliers = OutlierRule::parse(o->outliers);
+    if (!o->embed_format.empty()) job.embed_format = FormatSpec::parse(o->embed_format);
+    if (!o->head_format.empty()) job.output_format = FormatSpec::parse(o->head_format);
     job.layer.method = o->method == "gptq" ? QuantMethod::GPTQ : QuantMethod::RTN;
     if (o->method == "flexround") job.flexround = o->flexround;
     job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
     job.quantize_activations = o->w8a8;
+    check_outputs(*o, job);
     QuantizeReport r = quantize_model(job);
     print_report(r, job);
     if (!o->json.empty()) write_json(o->json, r.to_json());
@@ -176,7 +215,14 @@ void add_quantize(CLI::App& app) {
       GgufExportOptions g;
       g.out = o->out_gguf;
       g.progress = job.progress;
-      run_gguf_export(job.out, "", g, false);
+      g.replace = o->force;
+      try {
+        run_gguf_export(job.out, "", g, false);
+      } catch (const Error& e) {
+        if (intermediate) throw Error(fmt::format("{} (the checkpoint is kept in {})", e.what(), job.out));
+        throw;
+      }
+      if (intermediate) remove_lowbit_directory(job.out);
     }
   });
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "io/output_path.h"
 #include "util/allocator.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -31,17 +32,11 @@ torch::Device RuntimeOptions::torch_device() const {
   fail("unknown --device '{}' (valid: cpu, cuda)", device);
 }
 
-void write_json(const std::string& path, const nlohmann::json& j) {
+void write_json(const std::string& path, nlohmann::json j) {
+  if (j.is_object()) j[kJsonOutputKey] = "json";
   AtomicFile f(path);
   f.write(j.dump(2) + "\n");
   f.commit();
-}
-
-TempDir::TempDir(std::string p) : path(std::move(p)) { std::filesystem::remove_all(path); }
-
-TempDir::~TempDir() {
-  std::error_code ec;  // best effort: never throw from a destructor
-  std::filesystem::remove_all(path, ec);
 }
 
 }  // namespace lowbit::cli

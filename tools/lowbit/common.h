@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "io/output_path.h"
 #include "model/model_loader.h"
 #include "util/allocator.h"
 #include "util/error.h"
@@ -20,15 +21,8 @@ struct RuntimeOptions {
   torch::Device torch_device() const;
 };
 
-void write_json(const std::string& path, const nlohmann::json& j);  // atomic
-
-// A scratch path (file or directory) that is removed, whatever is there, when this goes away.
-struct TempDir {
-  std::string path;
-  explicit TempDir(std::string p);
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+// Writes a JSON report or plan, atomically and marked as lowbit's (io/output_path.h); "-" and
+// /dev/stdout write to standard output. Check the path with check_output_path before any work.
+void write_json(const std::string& path, nlohmann::json j);
 
 }  // namespace lowbit::cli
