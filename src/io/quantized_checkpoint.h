@@ -51,7 +51,7 @@ class QuantizedCheckpointWriter {
  public:
   // hf_config: the model's config.json object. max_shard_bytes bounds the memory held.
   QuantizedCheckpointWriter(const std::string& out_dir, nlohmann::json hf_config, bool replace = false,
-                            size_t max_shard_bytes = size_t(2) << 30);
+                            size_t max_shard_bytes = size_t(512) << 20);
   ~QuantizedCheckpointWriter();  // an unfinished output is removed
 
   void add_float(const std::string& name, std::vector<int64_t> shape, const float* data);

@@ -155,9 +155,14 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
          : uses_outliers(job)          ? "choosing outliers"
          : job.quantize_activations           ? "activation quantization"
                                               : "the output-error metric");
-  LoadedModel m = load_model(job.model, job.tokenizer);
+  // Plain RTN needs no forward pass: each tensor goes from the checkpoint to the output on its
+  // own. Calibrated methods run the model a block at a time (job.memory).
+  const bool calibrated = needs_calibration(job);
+  LoadedModel m = load_model(job.model, job.tokenizer, torch::kCPU,
+                             calibrated ? job.memory : ModelMemory{/*block_budget_bytes=*/0});
   LlamaModel& model = *m.model;
-  if (m.source->quantization_config().is_object()) fail("{} is already quantized", job.model);
+  const WeightSource& src = *m.source;
+  if (src.quantization_config().is_object()) fail("{} is already quantized", job.model);
   const int num_layers = model.config().num_layers;
   if (!job.plan.empty()) {
     size_t found = 0;
@@ -171,7 +176,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   }
 
   torch::Tensor calib_tokens;
-  if (needs_calibration(job)) {
+  if (calibrated) {
     CalibOptions calib = job.calib;
     calib.seqlen = std::min(calib.seqlen, model.config().max_position_embeddings);
     calib_tokens = sample_calibration(*m.tokenizer, calib).to(model.device());
@@ -211,8 +216,10 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     return gguf_embedding_type(schemes_of(job, "model.layers.0.self_attn.q_proj.weight")[0].format, is_output);
   };
   std::set<std::string> quantized_extras;
-  auto quantize_extra = [&](const std::string& name, torch::Tensor& weight, const std::optional<FormatSpec>& format) {
-    if (!format) return;
+  // RTN of the embedding or head; returns the dequantized tensor (undefined when kept as stored).
+  auto quantize_extra = [&](const std::string& name, const std::optional<FormatSpec>& format) -> torch::Tensor {
+    if (!format) return {};
+    torch::Tensor weight = src.get(name).contiguous();
     FormatSpec spec = gguf_format_for_shape(*format, weight.size(1));
     LayerQuantOptions o;
     o.compute_output_error = false;
@@ -220,24 +227,29 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     tensors[name] = {{"format", spec.str()}, {"method", "rtn"}, {"shape", {r.q.rows, r.q.cols}},
                      {"bits_per_weight", bits_per_weight(spec, r.q.rows, r.q.cols)}, {"weight_mse", r.weight_mse}};
     if (writer) writer->add_quantized(name, r.q);
-    weight = r.dequantized.to(weight.device());
     quantized_extras.insert(name);
+    return r.dequantized;
   };
-  quantize_extra("model.embed_tokens.weight", model.embed_weight(), embedding_format(tied));
-  if (tied) model.lm_head().weight = model.embed_weight();
-  else quantize_extra("lm_head.weight", model.lm_head().weight, embedding_format(true));
+  // The model computes with them as they will be stored (only calibration runs it).
+  if (torch::Tensor e = quantize_extra("model.embed_tokens.weight", embedding_format(tied)); e.defined() && calibrated) {
+    model.embed_weight() = e.to(model.device());
+    if (tied) model.lm_head().weight = model.embed_weight();
+  }
+  if (!tied)
+    if (torch::Tensor h = quantize_extra("lm_head.weight", embedding_format(true)); h.defined() && calibrated)
+      model.lm_head().weight = h.to(model.device());
 
   // Everything else that is not a decoder linear keeps the dtype it is stored in (F32 where the
   // source's form is not a plain float tensor, e.g. a GGUF's).
   if (writer)
-    for (const std::string& name : m.source->names()) {
+    for (const std::string& name : src.names()) {
       bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
       if (linear || quantized_extras.count(name)) continue;
-      if (auto stored = m.source->get_stored(name)) {
+      if (auto stored = src.get_stored(name)) {
         writer->add_stored(name, stored->dtype, stored->shape, stored->data, stored->nbytes);
         continue;
       }
-      torch::Tensor t = m.source->get(name).contiguous();
+      torch::Tensor t = src.get(name).contiguous();
       writer->add_float(name, t.sizes().vec(), t.data_ptr<float>());
     }
   double bits_sum = 0;
@@ -358,6 +370,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     so.input_sample_rows = job.quantize_activations ? 4096 : 0;
     so.batch = job.calib_batch;
     so.progress = job.progress;
+    so.release_blocks = true;  // each block is in the checkpoint once its outputs are computed
     quantize_sequentially(model, calib_tokens, so,
                           [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
                             quantize_one(name, lin, &st);
@@ -367,8 +380,10 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     size_t done = 0;
     for (int l = 0; l < num_layers; ++l)
       for (const std::string& short_name : DecoderLayer::linear_names()) {
-        quantize_one(fmt::format("model.layers.{}.{}.weight", l, short_name),
-                     model.layer(l).linear(short_name), nullptr);
+        const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
+        Linear linear;  // one weight in memory at a time, straight from the checkpoint
+        linear.weight = src.get(name).contiguous();
+        quantize_one(name, linear, nullptr);
         progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
       }
     progress.finish();
@@ -382,7 +397,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
                                 {"tensors", tensors}};
   if (job.quantize_activations) report.quantization_config["activations"] = activations;
   if (writer) {
-    writer->finish(report.quantization_config, m.source->tokenizer_dir());
+    writer->finish(report.quantization_config, src.tokenizer_dir());
     report.file_bytes = writer->weight_file_bytes();
   }
   return report;

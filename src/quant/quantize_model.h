@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "calib/calib_data.h"
+#include "model/llama_model.h"
 #include "quant/flexround.h"
 #include "quant/quantizer.h"
 #include "quant/scheme.h"
@@ -27,6 +28,9 @@ struct QuantizeJob {
   CalibOptions calib;                 // used when calibration is needed (calib.file non-empty)
   int calib_batch = 8;
   bool progress = true;
+  // Calibrated methods: how many decoder blocks stay materialized (model/llama_model.h). The
+  // default keeps every block; the CLI passes its --max-memory budget.
+  ModelMemory memory;
   // Token embedding and output head, quantized by RTN before everything else. Unset: kept in
   // the source's dtype, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
   // (gguf_embedding_type) so that the checkpoint is exactly what its GGUF export will hold.

@@ -74,6 +74,7 @@ QuantizeJob rtn_job(const std::string& out, const std::string& spec) {
   QuantizeJob job;
   job.model = kStories;
   job.out = out;
+  job.replace = true;  // an earlier run's output of this test
   job.candidates = {FormatSpec::parse(spec)};
   job.progress = false;
   return job;

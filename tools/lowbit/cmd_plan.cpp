@@ -130,7 +130,7 @@ void add_plan(CLI::App& app) {
     so.gradients.batch = o->calib_batch;
     so.progress = o->progress;
 
-    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device());
+    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.model_memory());
     if (m.source->quantization_config().is_object()) throw Error(fmt::format("{} is already quantized", o->model));
     CalibOptions calib = o->calib;
     calib.seqlen = std::min(calib.seqlen, m.model->config().max_position_embeddings);

@@ -188,6 +188,7 @@ void add_quantize(CLI::App& app) {
     job.model = o->model;
     job.tokenizer = o->tokenizer;
     job.replace = o->force;
+    job.memory = o->rt.model_memory();
     // --out-gguf alone: the checkpoint is an intermediate the export reads, removed once it worked.
     const bool intermediate = !o->dry_run && o->out.empty();
     job.out = o->dry_run ? "" : intermediate ? o->out_gguf + ".lowbit-checkpoint" : o->out;

@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <thread>
 
+#include <unistd.h>
+
 #include "io/output_path.h"
+#include "quant/sensitivity.h"  // parse_byte_size
 #include "util/allocator.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -15,6 +18,18 @@ namespace lowbit::cli {
 void RuntimeOptions::add_to(CLI::App* app) {
   app->add_option("--threads", threads, "CPU threads (0: all cores)");
   app->add_option("--device", device, "cpu or cuda (when LibTorch was built with CUDA)");
+  app->add_option("--max-memory", max_memory,
+                  "memory for weights and activations, e.g. 6G (default: a quarter of this machine's RAM)");
+}
+
+int64_t RuntimeOptions::max_memory_bytes() const {
+  if (!max_memory.empty()) {
+    const double b = parse_byte_size(max_memory);
+    if (!(b >= 1 << 20)) fail("--max-memory {}: give at least 1M", max_memory);
+    return int64_t(b);
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? int64_t(pages) * page / 4 : int64_t(4) << 30;
 }
 
 void RuntimeOptions::apply() const {

@@ -12,13 +12,17 @@
 
 namespace lowbit::cli {
 
-// --threads (0: all cores) and --device options shared by commands that run the model.
+// --threads (0: all cores), --device and --max-memory options shared by commands that run the model.
 struct RuntimeOptions {
   int threads = 0;
   std::string device = "cpu";
+  std::string max_memory;  // e.g. "6G"; "" = a quarter of this machine's RAM
   void add_to(CLI::App* app);
   void apply() const;
   torch::Device torch_device() const;
+  int64_t max_memory_bytes() const;
+  // Half of --max-memory for materialized decoder blocks; the rest is for activations.
+  ModelMemory model_memory() const { return {max_memory_bytes() / 2}; }
 };
 
 // Writes a JSON report or plan, atomically and marked as lowbit's (io/output_path.h); "-" and
