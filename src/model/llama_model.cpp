@@ -76,23 +76,35 @@ torch::Tensor load(const WeightSource& src, const std::string& name, const std::
   return src.get(name).to(device, torch::kFloat32).contiguous();
 }
 
-// The tensors of block `l` with their shapes; optional ones (biases) only where the config has them.
-std::vector<std::pair<std::string, std::vector<int64_t>>> block_tensors(const ModelConfig& c, int l) {
+// The tensors of block `l` by short name ("mlp.up_proj.weight") with their shapes; biases only
+// where the config has them (and the optional o_proj bias only where the checkpoint does).
+std::vector<std::pair<std::string, std::vector<int64_t>>> block_tensors(const WeightSource& src, int l) {
+  const ModelConfig& c = src.config();
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const int64_t q_out = int64_t(c.num_heads) * c.head_dim, kv_out = int64_t(c.num_kv_heads) * c.head_dim;
-  const std::string p = fmt::format("model.layers.{}.", l);
   std::vector<std::pair<std::string, std::vector<int64_t>>> t = {
-      {p + "input_layernorm.weight", {H}},        {p + "post_attention_layernorm.weight", {H}},
-      {p + "self_attn.q_proj.weight", {q_out, H}}, {p + "self_attn.k_proj.weight", {kv_out, H}},
-      {p + "self_attn.v_proj.weight", {kv_out, H}}, {p + "self_attn.o_proj.weight", {H, q_out}},
-      {p + "mlp.gate_proj.weight", {I, H}},        {p + "mlp.up_proj.weight", {I, H}},
-      {p + "mlp.down_proj.weight", {H, I}}};
+      {"input_layernorm.weight", {H}},        {"post_attention_layernorm.weight", {H}},
+      {"self_attn.q_proj.weight", {q_out, H}}, {"self_attn.k_proj.weight", {kv_out, H}},
+      {"self_attn.v_proj.weight", {kv_out, H}}, {"self_attn.o_proj.weight", {H, q_out}},
+      {"mlp.gate_proj.weight", {I, H}},        {"mlp.up_proj.weight", {I, H}},
+      {"mlp.down_proj.weight", {H, I}}};
   if (c.attention_bias)
     for (auto [n, d] : {std::pair{"q", q_out}, {"k", kv_out}, {"v", kv_out}})
-      t.push_back({p + "self_attn." + n + "_proj.bias", {d}});
+      t.push_back({std::string("self_attn.") + n + "_proj.bias", {d}});
+  if (c.attention_out_bias && src.has(fmt::format("model.layers.{}.self_attn.o_proj.bias", l)))
+    t.push_back({"self_attn.o_proj.bias", {H}});
   if (c.mlp_bias)
-    for (auto [n, d] : {std::pair{"gate", I}, {"up", I}, {"down", H}}) t.push_back({p + "mlp." + n + "_proj.bias", {d}});
+    for (auto [n, d] : {std::pair{"gate", I}, {"up", I}, {"down", H}}) t.push_back({std::string("mlp.") + n + "_proj.bias", {d}});
   return t;
+}
+
+// The field of a block that holds the tensor of that short name.
+torch::Tensor& block_field(DecoderLayer& L, const std::string& name) {
+  if (name == "input_layernorm.weight") return L.attn_norm;
+  if (name == "post_attention_layernorm.weight") return L.mlp_norm;
+  const size_t dot = name.rfind('.');
+  Linear& lin = L.linear(name.substr(0, dot));
+  return name.substr(dot + 1) == "bias" ? lin.bias : lin.weight;
 }
 
 }  // namespace
@@ -108,12 +120,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device
   else if (!c.tie_word_embeddings)
     fail("{}: missing tensor 'lm_head.weight' and tie_word_embeddings is false", src.description());
   for (int l = 0; l < c.num_layers; ++l)
-    for (const auto& [name, shape] : block_tensors(c, l)) expect_tensor(src, name, shape);
-  if (c.attention_out_bias)
-    for (int l = 0; l < c.num_layers; ++l) {
-      std::string n = fmt::format("model.layers.{}.self_attn.o_proj.bias", l);
-      if (src.has(n)) expect_tensor(src, n, {H});
-    }
+    for (const auto& [name, shape] : block_tensors(src, l))
+      expect_tensor(src, fmt::format("model.layers.{}.{}", l, name), shape);
   final_norm_ = load(src, "model.norm.weight", {H}, device);
   // A source that cannot hand out its stored bytes (GGUF, a quantized checkpoint's quantized
   // head) gives fp32 tensors instead.
@@ -145,7 +153,7 @@ LlamaModel::LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device
 
 int64_t LlamaModel::block_bytes() const {
   int64_t n = 0;
-  for (const auto& [name, shape] : block_tensors(config_, 0)) {
+  for (const auto& [name, shape] : block_tensors(*src_, 0)) {
     int64_t e = 1;
     for (int64_t d : shape) e *= d;
     n += e * 4;
@@ -154,19 +162,9 @@ int64_t LlamaModel::block_bytes() const {
 }
 
 void LlamaModel::load_block(int l) const {
-  const WeightSource& src = *src_;
-  const ModelConfig& c = config_;
   DecoderLayer& L = layers_[l];
-  std::string p = fmt::format("model.layers.{}.", l);
-  auto get = [&](const std::string& name) { return src.get(p + name).to(device_, torch::kFloat32).contiguous(); };
-  L.attn_norm = get("input_layernorm.weight");
-  L.mlp_norm = get("post_attention_layernorm.weight");
-  for (const std::string& n : DecoderLayer::linear_names()) L.linear(n).weight = get(n + ".weight");
-  if (c.attention_bias)
-    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) L.linear(n).bias = get(std::string(n) + ".bias");
-  if (c.attention_out_bias && src.has(p + "self_attn.o_proj.bias")) L.o_proj.bias = get("self_attn.o_proj.bias");
-  if (c.mlp_bias)
-    for (const char* n : {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) L.linear(n).bias = get(std::string(n) + ".bias");
+  for (const auto& [name, shape] : block_tensors(*src_, l))
+    block_field(L, name) = src_->get(fmt::format("model.layers.{}.{}", l, name)).to(device_, torch::kFloat32).contiguous();
   for (const auto& [n, fq] : input_quant_[l]) L.linear(n).input_quant = fq;
 }
 
