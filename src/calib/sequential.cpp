@@ -2,6 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <filesystem>
+
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -55,8 +58,8 @@ class StatsAccumulator {
 
 }  // namespace
 
-void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, const SequentialOptions& opt,
-                     const QuantizeLinear& quantize_linear) {
+void calibrate_block(LlamaModel& model, int l, ActivationStore& xs, ActivationStore& ctxs,
+                     const SequentialOptions& opt, const QuantizeLinear& quantize_linear) {
   torch::NoGradGuard no_grad;
   auto quantize_group = [&](const std::vector<std::string>& group, const StatsAccumulator& acc) {
     for (const std::string& short_name : group)
@@ -64,47 +67,77 @@ void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, c
                       acc.stats());
   };
   const auto& groups = sequential_groups();
+  const int64_t nb = xs.batches();
   // Each stage's input is computed once per batch from the previous stage's result, with the
   // earlier groups of the block already quantized: about one forward pass per block in all.
   StatsAccumulator qkv(opt), o(opt), gate_up(opt), down(opt);
-  for (const torch::Tensor& x : xs) qkv.add(model.attn_norm(l, x));
+  for (int64_t b = 0; b < nb; ++b) qkv.add(model.attn_norm(l, xs.get(b)));
   quantize_group(groups[0], qkv);
 
-  std::vector<torch::Tensor> ctxs;
-  for (const torch::Tensor& x : xs) {
-    ctxs.push_back(model.attention(l, model.attn_norm(l, x)));
-    o.add(ctxs.back());
+  for (int64_t b = 0; b < nb; ++b) {
+    torch::Tensor ctx = model.attention(l, model.attn_norm(l, xs.get(b)));
+    o.add(ctx);
+    ctxs.put(b, ctx);
   }
   quantize_group(groups[1], o);
 
-  for (size_t b = 0; b < xs.size(); ++b) {
-    xs[b] = model.attention_residual(l, xs[b], ctxs[b]);  // xs now holds the residual stream r
-    ctxs[b] = torch::Tensor();
-    gate_up.add(model.mlp_norm(l, xs[b]));
+  for (int64_t b = 0; b < nb; ++b) {
+    torch::Tensor r = model.attention_residual(l, xs.get(b), ctxs.get(b));
+    xs.put(b, r);  // xs now holds the residual stream r
+    gate_up.add(model.mlp_norm(l, r));
   }
   quantize_group(groups[2], gate_up);
 
-  for (const torch::Tensor& r : xs) down.add(model.mlp_hidden(l, model.mlp_norm(l, r)));
+  for (int64_t b = 0; b < nb; ++b) down.add(model.mlp_hidden(l, model.mlp_norm(l, xs.get(b))));
   quantize_group(groups[3], down);
 
-  for (torch::Tensor& r : xs) r = model.mlp_residual(l, r, model.mlp_hidden(l, model.mlp_norm(l, r)));
+  for (int64_t b = 0; b < nb; ++b) {
+    torch::Tensor r = xs.get(b);
+    xs.put(b, model.mlp_residual(l, r, model.mlp_hidden(l, model.mlp_norm(l, r))));
+  }
+}
+
+void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, const SequentialOptions& opt,
+                     const QuantizeLinear& quantize_linear) {
+  if (xs.empty()) return;
+  const int64_t batch = xs[0].size(0);
+  int64_t windows = 0;
+  for (const torch::Tensor& x : xs) {
+    if (x.size(0) > batch || (x.size(0) < batch && &x != &xs.back()))
+      fail("internal: calibration batches must all have {} windows but the last", batch);
+    windows += x.size(0);
+  }
+  ActivationStore in(windows, xs[0].size(1), xs[0].size(2), batch, xs[0].device()),
+      ctx(windows, xs[0].size(1), xs[0].size(2), batch, xs[0].device());
+  for (size_t b = 0; b < xs.size(); ++b) in.put(int64_t(b), xs[b]);
+  calibrate_block(model, l, in, ctx, opt, quantize_linear);
+  for (size_t b = 0; b < xs.size(); ++b) xs[b] = in.get(int64_t(b));
 }
 
 void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens, const SequentialOptions& opt,
                            const QuantizeLinear& quantize_linear) {
   torch::NoGradGuard no_grad;
   if (calib_tokens.dim() != 2) fail("calibration tokens must be [samples, seqlen]");
-  const int64_t n = calib_tokens.size(0), batch = std::max(1, opt.batch);
+  const int64_t n = calib_tokens.size(0), seqlen = calib_tokens.size(1), batch = std::max(1, opt.batch);
+  const int64_t hidden = model.config().hidden_size;
   const int layers = model.config().num_layers;
+  if (opt.first_block < 0 || opt.first_block > layers) fail("internal: resume at block {} of {}", opt.first_block, layers);
 
-  // Inputs of the current block, kept as a list of batches.
-  std::vector<torch::Tensor> xs;
-  for (int64_t s = 0; s < n; s += batch) xs.push_back(model.embed(calib_tokens.narrow(0, s, std::min(batch, n - s))));
+  const std::string spill_dir = opt.spill_dir.empty() ? std::filesystem::temp_directory_path().string() : opt.spill_dir;
+  ActivationPlan plan = plan_activations(n, seqlen, hidden, 2, opt.activation_budget_bytes, spill_dir);
+  if (opt.progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
+  const std::string dir = plan.in_ram ? "" : spill_dir;
+  ActivationStore xs(n, seqlen, hidden, batch, model.device(), dir), ctxs(n, seqlen, hidden, batch, model.device(), dir);
+  if (opt.first_block > 0) {
+    xs.load(opt.first_inputs);
+  } else {
+    for (int64_t b = 0; b < xs.batches(); ++b) xs.put(b, model.embed(calib_tokens.narrow(0, b * batch, xs.batch_windows(b))));
+  }
 
-  Progress progress("quantize", size_t(layers) * 7, opt.progress);
+  Progress progress("quantize", size_t(layers - opt.first_block) * 7, opt.progress);
   size_t done = 0;
-  for (int l = 0; l < layers; ++l) {
-    calibrate_block(model, l, xs, opt, [&](int l, const std::string& name, Linear& linear, const LinearInputStats& st) {
+  for (int l = opt.first_block; l < layers; ++l) {
+    calibrate_block(model, l, xs, ctxs, opt, [&](int l, const std::string& name, Linear& linear, const LinearInputStats& st) {
       quantize_linear(l, name, linear, st);
       // "model.layers.3.mlp.up_proj.weight" is shown as "layer 4/8 mlp.up_proj"
       const size_t from = name.find('.', std::string_view("model.layers.").size()) + 1;
@@ -112,6 +145,7 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
                                           name.substr(from, name.size() - from - std::string_view(".weight").size())));
     });
     if (opt.release_blocks) model.release_layer(l);
+    if (opt.block_done) opt.block_done(l, xs);
   }
   progress.finish();
 }

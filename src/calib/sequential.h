@@ -5,13 +5,15 @@
 //      group with statistics of its own input gathered by a forward pass through the block as
 //      it stands (earlier groups already quantized);
 //   3. re-run the quantized block to produce the next block's inputs.
-// Only one block's activations and statistics are alive at a time.
+// Only one block's statistics are alive at a time; the activations of every window are held in
+// RAM or in a scratch file (activation_store.h), within a memory budget.
 #include <torch/types.h>
 
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "calib/activation_store.h"
 #include "model/llama_model.h"
 
 namespace lowbit {
@@ -32,6 +34,17 @@ struct SequentialOptions {
   // Drop each block once its outputs are computed (LlamaModel::release_layer): a driver that
   // writes each block as it finishes holds one block at a time, not the whole quantized model.
   bool release_blocks = false;
+  // The calibration activations (two stores: block inputs and attention outputs) stay in RAM
+  // within this many bytes (< 0: always), else in a scratch file in spill_dir (default: the
+  // system's temporary directory). Either way the results are the same.
+  int64_t activation_budget_bytes = -1;
+  std::string spill_dir;
+  // Resume: start at block first_block, whose inputs were saved in first_inputs
+  // (ActivationStore::save), instead of at block 0.
+  int first_block = 0;
+  std::string first_inputs;
+  // Called after each block with the next block's inputs, e.g. to save them for a resume.
+  std::function<void(int layer, const ActivationStore& next_inputs)> block_done;
 };
 
 // Called once per linear layer, in order. `name` is the HF weight name
@@ -43,9 +56,13 @@ using QuantizeLinear =
 // The linear layers of a block in the groups that share an input, in quantization order.
 const std::vector<std::vector<std::string>>& sequential_groups();
 
-// One block of that driver: xs holds block l's inputs as batches [b, seqlen, hidden]; each linear
-// is passed to quantize_linear in order with its input's statistics, and xs becomes the block's
-// outputs. A callback that leaves the weights alone gathers statistics of the block as it is.
+// One block of that driver: xs holds block l's inputs; each linear is passed to quantize_linear in
+// order with its input's statistics, and xs becomes the block's outputs. ctxs (same shape) holds
+// the attention outputs in between. A callback that leaves the weights alone gathers statistics of
+// the block as it is.
+void calibrate_block(LlamaModel& model, int l, ActivationStore& xs, ActivationStore& ctxs,
+                     const SequentialOptions& options, const QuantizeLinear& quantize_linear);
+// The same on batches held in RAM ([b, seqlen, hidden] each).
 void calibrate_block(LlamaModel& model, int l, std::vector<torch::Tensor>& xs, const SequentialOptions& options,
                      const QuantizeLinear& quantize_linear);
 

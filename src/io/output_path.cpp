@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -170,9 +171,16 @@ StagedDirectory::StagedDirectory(const std::string& out, OutputKind kind, bool f
   std::error_code ec;
   if (fs::exists(fs::symlink_status(scratch_, ec))) {
     json m = fs::is_directory(fs::symlink_status(scratch_)) ? marker_of(scratch_) : json();
-    if (!m.is_object() || m.value("kind", "") != std::string("partial-") + kind_token(kind))
+    // A finished mark there too: the run was stopped between marking and moving it into place.
+    const std::string k = m.is_object() ? m.value("kind", "") : "";
+    if (k != std::string("partial-") + kind_token(kind) && k != kind_token(kind))
       fail("{} exists and was not left by lowbit for this output; move it away yourself", scratch_);
-    if (!reuse) fs::remove_all(scratch_, ec);
+    if (!reuse) {
+      if (fs::exists(fs::path(scratch_) / ".resume"))
+        std::fprintf(stderr, "note: discarding the interrupted run in %s (add --resume to continue it instead)\n",
+                     scratch_.c_str());
+      fs::remove_all(scratch_, ec);
+    }
   }
   fs::create_directories(scratch_, ec);
   if (ec) fail("cannot create {}: {}", scratch_, ec.message());

@@ -50,7 +50,7 @@ class StagedDirectory {
 
   const std::string& path() const { return scratch_; }  // write the files here
   const std::string& out() const { return out_; }
-  void keep_scratch() { keep_ = true; }  // on failure, leave the scratch for --resume
+  void keep_scratch(bool keep = true) { keep_ = keep; }  // on failure, leave the scratch for --resume
   // Marks the scratch as finished (listing every file in it) and moves it to out(), replacing an
   // older lowbit output of the same kind (whose own files are then removed).
   void commit();

@@ -5,9 +5,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "format/packing.h"
 #include "util/atomic_file.h"
+#include "util/crash_point.h"
 #include "util/error.h"
 
 namespace lowbit {
@@ -16,20 +18,22 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 QuantizedCheckpointWriter::QuantizedCheckpointWriter(const std::string& out_dir, json hf_config, bool replace,
-                                                     size_t max_shard_bytes)
-    : dir_(std::make_unique<StagedDirectory>(out_dir, OutputKind::QuantizedCheckpoint, replace)),
+                                                     size_t max_shard_bytes, bool reuse)
+    : dir_(std::make_unique<StagedDirectory>(out_dir, OutputKind::QuantizedCheckpoint, replace, reuse)),
       hf_config_(std::move(hf_config)), max_shard_bytes_(max_shard_bytes) {}
 
 QuantizedCheckpointWriter::~QuantizedCheckpointWriter() = default;
 
 void QuantizedCheckpointWriter::add(Pending p) {
+  if (closed_) fail("internal: tensor '{}' added after the last shard", p.name);
   pending_bytes_ += p.bytes.size();
   pending_.push_back(std::move(p));
 }
 
-// Called after each whole tensor, so a quantized weight's pieces always share a shard.
-void QuantizedCheckpointWriter::maybe_flush() {
-  if (pending_bytes_ >= max_shard_bytes_) flush(nullptr);
+bool QuantizedCheckpointWriter::end_block() {
+  if (pending_bytes_ < max_shard_bytes_ || pending_.empty()) return false;
+  flush(nullptr);
+  return true;
 }
 
 void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<int64_t> shape, const float* data) {
@@ -38,20 +42,17 @@ void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<i
   std::vector<uint8_t> bytes(size_t(n) * 4);
   std::memcpy(bytes.data(), data, bytes.size());
   add({name, DType::F32, std::move(shape), std::move(bytes)});
-  maybe_flush();
 }
 
 void QuantizedCheckpointWriter::add_stored(const std::string& name, DType dtype, std::vector<int64_t> shape,
                                            const uint8_t* bytes, size_t n) {
   add({name, dtype, std::move(shape), std::vector<uint8_t>(bytes, bytes + n)});
-  maybe_flush();
 }
 
 void QuantizedCheckpointWriter::add_quantized(const std::string& name, const QuantizedTensor& q) {
   const FormatSpec& spec = q.spec;
   if (spec.scaling() == Scaling::Ggml) {
     add({name + ".qblocks", DType::U8, {q.rows, ggml_row_bytes(spec, q.cols)}, q.blocks});
-    maybe_flush();
     return;
   }
   add({name + ".qcodes", DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())}, q.codes});
@@ -70,7 +71,6 @@ void QuantizedCheckpointWriter::add_quantized(const std::string& name, const Qua
     add({name + ".qscales", DType::U8, {slots}, std::move(scales)});
   }
   if (spec.asymmetric) add({name + ".qzeros", DType::U8, {slots}, q.zeros});
-  maybe_flush();
 }
 
 void QuantizedCheckpointWriter::flush(const json& quantization_config) {
@@ -100,15 +100,60 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 }  // namespace
 
+void QuantizedCheckpointWriter::close_shards(const json& quantization_config) {
+  if (closed_) return;
+  flush(quantization_config);  // shards closed before lack the config: a sharded checkpoint has it in its index
+  closed_ = true;
+}
+
+std::string QuantizedCheckpointWriter::resume_dir() const { return (fs::path(dir_->path()) / ".resume").string(); }
+
+json QuantizedCheckpointWriter::state() const {
+  json shards = json::array();
+  for (size_t i = 0; i < shard_files_.size(); ++i)
+    shards.push_back({{"file", fs::path(shard_files_[i]).filename().string()}, {"tensors", shard_tensors_[i]}});
+  return {{"shards", shards}, {"closed", closed_}};
+}
+
+void QuantizedCheckpointWriter::restore(const json& state) {
+  if (!shard_files_.empty() || !pending_.empty()) fail("internal: restore() on a writer in use");
+  std::set<std::string> keep = {kOutputMarker, ".resume"};
+  const json shards = state.value("shards", json::array());
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string file = shards[i].value("file", "");
+    if (file != fmt::format("shard-{}.safetensors", i)) fail("{}: damaged resume state (shard {})", dir_->path(), i);
+    shard_files_.push_back((fs::path(dir_->path()) / file).string());
+    shard_tensors_.push_back(shards[i].value("tensors", std::vector<std::string>{}));
+    keep.insert(file);
+  }
+  closed_ = state.value("closed", false);
+  for (const auto& e : fs::directory_iterator(dir_->path())) {
+    const std::string name = e.path().filename().string();
+    if (keep.count(name)) continue;
+    bool final_name = name == "model.safetensors" || (name.starts_with("model-") && name.ends_with(".safetensors"));
+    if (closed_ && final_name) continue;  // renamed by an interrupted finish()
+    std::error_code ec;
+    fs::remove_all(e.path(), ec);
+  }
+}
+
+
 void QuantizedCheckpointWriter::finish(const json& quantization_config, const std::string& tokenizer_dir) {
-  // Shards flushed early lack the config: a sharded checkpoint carries it in its index.
-  flush(quantization_config);
+  close_shards(quantization_config);
   const size_t n = shard_files_.size();
   json weight_map = json::object();
+  file_bytes_ = 0;  // counted again from the final files: a resumed run did not write them all
   for (size_t i = 0; i < n; ++i) {
     std::string final_name = n == 1 ? "model.safetensors"
                                     : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
-    fs::rename(shard_files_[i], fs::path(dir_->path()) / final_name);
+    const fs::path final_path = fs::path(dir_->path()) / final_name;
+    if (fs::exists(shard_files_[i])) {
+      fs::rename(shard_files_[i], final_path);
+    } else if (!fs::exists(final_path)) {
+      fail("{}: shard {} is missing", dir_->path(), shard_files_[i]);
+    }
+    crash_point("finish");
+    file_bytes_ += fs::file_size(final_path);
     for (const std::string& t : shard_tensors_[i]) weight_map[t] = final_name;
   }
   if (n > 1) {
@@ -119,12 +164,19 @@ void QuantizedCheckpointWriter::finish(const json& quantization_config, const st
   cfg["quantization_config"] = {{"quant_method", kQuantMethodName},
                                 {"bits_per_weight", quantization_config.value("bits_per_weight", 0.0)}};
   write_text(fs::path(dir_->path()) / "config.json", cfg.dump(2));
-  if (!tokenizer_dir.empty())
-    for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"})
-      if (fs::exists(fs::path(tokenizer_dir) / f)) fs::copy_file(fs::path(tokenizer_dir) / f, fs::path(dir_->path()) / f,
-                      fs::copy_options::overwrite_existing);
+  crash_point("finish");
+  copy_tokenizer_files(tokenizer_dir, dir_->path());
+  std::error_code ec;
+  fs::remove_all(resume_dir(), ec);  // the journal is not part of the output
   dir_->commit();  // replaces an older output only now that the new one is complete
   finished_ = true;
+}
+
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir) {
+  if (from_dir.empty()) return;
+  for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"})
+    if (fs::exists(fs::path(from_dir) / f))
+      fs::copy_file(fs::path(from_dir) / f, fs::path(to_dir) / f, fs::copy_options::overwrite_existing);
 }
 
 bool is_quantized_checkpoint(const json& hf_config) {
@@ -174,7 +226,6 @@ void QuantizedCheckpointWriter::add_outliers(const std::string& name, const Stor
     add({name + ".outlier_cols", DType::I32, {nnz}, bytes_of(o.col)});
   }
   add({name + ".outlier_values", DType::F16, {nnz}, bytes_of(o.values)});
-  maybe_flush();
 }
 
 StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string& name, int64_t rows, int64_t cols) {

@@ -19,9 +19,12 @@
 // format and static scale ("activations"). config.json carries the model config plus a short
 // "quantization_config" marking the directory as lowbit's.
 //
-// Writing is atomic and streaming: tensors are buffered up to a shard size and written to shard
-// files in the scratch directory beside the output (io/output_path.h), which finish() moves into
-// place. An existing output is replaced only if it is a lowbit quantized checkpoint and `replace`.
+// Writing is atomic and streaming: tensors are buffered and written to shard files in the scratch
+// directory beside the output (io/output_path.h), which finish() moves into place. A shard is
+// closed at end_block() once it holds max_shard_bytes, so shards end at decoder-block boundaries:
+// the layout depends only on the tensors and the shard size, which is what lets an interrupted
+// run resume (quant/resume.h) to the same bytes. An existing output is replaced only if it is a
+// lowbit quantized checkpoint and `replace`.
 // One shard is named model.safetensors; several become model-0000i-of-0000N.safetensors plus
 // model.safetensors.index.json.
 #include <memory>
@@ -49,10 +52,13 @@ struct StoredOutliers {
 
 class QuantizedCheckpointWriter {
  public:
-  // hf_config: the model's config.json object. max_shard_bytes bounds the memory held.
+  // hf_config: the model's config.json object. max_shard_bytes bounds the memory held (plus the
+  // tensors of one block). reuse: keep what an interrupted run left in the scratch directory, for
+  // restore().
   QuantizedCheckpointWriter(const std::string& out_dir, nlohmann::json hf_config, bool replace = false,
-                            size_t max_shard_bytes = size_t(512) << 20);
-  ~QuantizedCheckpointWriter();  // an unfinished output is removed
+                            size_t max_shard_bytes = kDefaultShardBytes, bool reuse = false);
+  ~QuantizedCheckpointWriter();  // an unfinished output is removed, unless keep_scratch()
+  static constexpr size_t kDefaultShardBytes = size_t(512) << 20;
 
   void add_float(const std::string& name, std::vector<int64_t> shape, const float* data);
   // A tensor kept as stored: `bytes` hold shape's elements in `dtype`, copied.
@@ -60,10 +66,24 @@ class QuantizedCheckpointWriter {
   void add_quantized(const std::string& name, const QuantizedTensor& q);
   void add_outliers(const std::string& name, const StoredOutliers& o);  // after add_quantized(name)
 
-  // Writes the last shard, the index, config.json, copies tokenizer files from tokenizer_dir (if
-  // not empty), and moves the directory into place (replacing an older output).
+  // The end of a decoder block (or of any unit a resume may restart at): closes the shard if it
+  // holds max_shard_bytes. True if it did, i.e. everything added so far is on disk.
+  bool end_block();
+  // Writes the last shard (with the quantization_config in its metadata).
+  void close_shards(const nlohmann::json& quantization_config);
+  // close_shards() if not done, then the final shard names, the index, config.json, the tokenizer
+  // files from tokenizer_dir (if not empty), and moves the directory into place (replacing an
+  // older output). Each step can be redone after an interruption.
   void finish(const nlohmann::json& quantization_config, const std::string& tokenizer_dir);
   uint64_t weight_file_bytes() const { return file_bytes_; }  // of the safetensors shards written so far
+
+  // Resume (quant/resume.h): the closed shards, and a writer rebuilt from them. restore() removes
+  // every file in the scratch directory the state does not list (a shard cut off by a crash).
+  nlohmann::json state() const;
+  void restore(const nlohmann::json& state);
+  std::string resume_dir() const;  // inside the scratch directory, never part of the output
+  void keep_scratch(bool keep = true) { dir_->keep_scratch(keep); }
+  const std::string& scratch_dir() const { return dir_->path(); }
 
  private:
   struct Pending {
@@ -79,10 +99,9 @@ class QuantizedCheckpointWriter {
   std::vector<Pending> pending_;
   std::vector<std::string> shard_files_;                 // temporary shard names, in order
   std::vector<std::vector<std::string>> shard_tensors_;  // tensor names per shard
-  bool finished_ = false;
+  bool closed_ = false, finished_ = false;
 
   void add(Pending p);
-  void maybe_flush();
   void flush(const nlohmann::json& quantization_config);
 };
 
@@ -96,6 +115,10 @@ StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string&
 
 // The "quantization_config" of a quantized checkpoint directory's safetensors (Error if absent).
 nlohmann::json read_quantization_config(const SafetensorsModel& weights);
+
+// Copies tokenizer.json, tokenizer.model and tokenizer_config.json, those that exist, from
+// from_dir (nothing if empty) to to_dir.
+void copy_tokenizer_files(const std::string& from_dir, const std::string& to_dir);
 
 // True if config.json marks the directory as a lowbit quantized checkpoint.
 bool is_quantized_checkpoint(const nlohmann::json& hf_config);

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <set>
 
 #include "calib/sequential.h"
@@ -12,6 +14,8 @@
 #include "model/model_loader.h"
 #include "quant/activation.h"
 #include "quant/outliers.h"
+#include "quant/resume.h"
+#include "util/crash_point.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -124,19 +128,51 @@ bool needs_calibration(const QuantizeJob& job) {
          job.metric == MofqMetric::OutputError || job.quantize_activations;
 }
 
+namespace {
+
+nlohmann::json layer_to_json(const LayerReport& l) {
+  return {{"name", l.name},
+          {"format", l.format},
+          {"errors", l.errors},
+          {"weight_mse", l.weight_mse},
+          {"output_error", std::isnan(l.output_error) ? nlohmann::json(nullptr) : nlohmann::json(l.output_error)},
+          {"bits_per_weight", l.bits_per_weight},
+          {"shape", {l.rows, l.cols}},
+          {"outliers", l.outliers},
+          {"note", l.note}};
+}
+
+LayerReport layer_from_json(const nlohmann::json& j) {
+  LayerReport l;
+  l.name = j.at("name");
+  l.format = j.at("format");
+  l.errors = j.at("errors").get<std::vector<double>>();
+  l.weight_mse = j.at("weight_mse");
+  l.output_error = j.at("output_error").is_null() ? std::nan("") : j.at("output_error").get<double>();
+  l.bits_per_weight = j.at("bits_per_weight");
+  l.rows = j.at("shape")[0], l.cols = j.at("shape")[1];
+  l.outliers = j.at("outliers");
+  l.note = j.at("note");
+  return l;
+}
+
+// Everything that changes the checkpoint's bytes, for --resume's fingerprint. The memory budgets
+// are left out: they change nothing (tests/nn/test_streaming.cpp).
+nlohmann::json result_options(const QuantizeJob& job) {
+  nlohmann::json o = job_params(job);
+  o["embed_format"] = job.embed_format ? job.embed_format->str() : "";
+  o["head_format"] = job.output_format ? job.output_format->str() : "";
+  o["calib_batch"] = job.calib_batch;
+  o["max_shard_bytes"] = job.max_shard_bytes;
+  o["threads"] = at::get_num_threads();  // float sums may be split differently
+  return o;
+}
+
+}  // namespace
+
 nlohmann::json QuantizeReport::to_json() const {
   nlohmann::json layers_json = nlohmann::json::array();
-  for (const LayerReport& l : layers)
-    layers_json.push_back({{"name", l.name},
-                           {"format", l.format},
-                           {"errors", l.errors},
-                           {"weight_mse", l.weight_mse},
-                           {"output_error", std::isnan(l.output_error) ? nlohmann::json(nullptr)
-                                                                        : nlohmann::json(l.output_error)},
-                           {"bits_per_weight", l.bits_per_weight},
-                           {"shape", {l.rows, l.cols}},
-                           {"outliers", l.outliers},
-                           {"note", l.note}});
+  for (const LayerReport& l : layers) layers_json.push_back(layer_to_json(l));
   return {{"bits_per_weight", bits_per_weight},
           {"quantized_weights", quantized_weights},
           {"file_bytes", file_bytes},
@@ -148,6 +184,8 @@ nlohmann::json QuantizeReport::to_json() const {
 QuantizeReport quantize_model(const QuantizeJob& job) {
   auto t0 = std::chrono::steady_clock::now();
   check_job(job);
+  if (job.resume && job.out.empty()) fail("quantize --resume: there is no output to resume (--dry-run)");
+  if (job.resume && job.flexround) fail("quantize --resume: FlexRound runs cannot resume yet; drop --resume");
   if (needs_calibration(job) && job.calib.file.empty())
     fail("quantize: {} needs calibration text: pass --calib FILE",
          job.flexround                         ? "FlexRound"
@@ -175,6 +213,62 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     if (found != job.plan.size()) fail("quantize: the plan names layers this model does not have");
   }
 
+  QuantizeReport report;
+  nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
+  double bits_sum = 0;
+  // The output, and with it what an interrupted run left to resume from (quant/resume.h).
+  std::unique_ptr<QuantizedCheckpointWriter> writer;
+  std::optional<ResumeJournal> journal;
+  std::optional<ResumePoint> resumed;
+  if (!job.out.empty()) {
+    writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json(), job.replace,
+                                                         job.max_shard_bytes, /*reuse=*/job.resume);
+    journal.emplace(writer->resume_dir(),
+                    run_fingerprint({job.model, job.tokenizer, calibrated ? job.calib.file : ""}, result_options(job)));
+    if (job.resume) {
+      writer->keep_scratch();  // whatever load() says, the interrupted run's work stays
+      resumed = journal->load();
+      writer->keep_scratch(resumed.has_value());
+      if (!resumed)
+        std::fprintf(stderr, "--resume: no interrupted run of %s to continue; starting from the beginning\n",
+                     job.out.c_str());
+      writer->restore(resumed ? resumed->writer : nlohmann::json::object());
+    }
+  }
+  if (resumed) {
+    const nlohmann::json& r = resumed->report;
+    tensors = r.at("tensors"), activations = r.at("activations"), bits_sum = r.at("bits_sum");
+    report.quantized_weights = r.at("quantized_weights");
+    for (const nlohmann::json& l : r.at("layers")) report.layers.push_back(layer_from_json(l));
+    std::fprintf(stderr, "resuming %s %s\n", job.out.c_str(),
+                   resumed->finishing ? "at its final write" : fmt::format("at block {} of {}", resumed->next_block + 1, num_layers).c_str());
+  }
+  const int first_block = resumed ? resumed->next_block : 0;
+  auto progress_state = [&] {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const LayerReport& l : report.layers) layers.push_back(layer_to_json(l));
+    return nlohmann::json{{"tensors", tensors}, {"activations", activations}, {"bits_sum", bits_sum},
+                          {"quantized_weights", report.quantized_weights}, {"layers", layers}};
+  };
+  // The end of block l: once a shard has closed, everything so far is on disk and the journal
+  // records where to go on from (with the next block's calibration inputs, when there are any).
+  std::string saved_inputs;  // the activation file of the last journal entry
+  auto block_done = [&](int l, const ActivationStore* next_inputs) {
+    if (writer && writer->end_block()) {
+      ResumePoint p{l + 1, false, writer->state(), progress_state(), ""};
+      if (next_inputs && l + 1 < num_layers) {
+        p.activations = fmt::format("activations-{}.bin", l + 1);
+        std::filesystem::create_directories(journal->dir());
+        next_inputs->save((std::filesystem::path(journal->dir()) / p.activations).string());
+      }
+      journal->save(p);
+      writer->keep_scratch();
+      if (!saved_inputs.empty()) std::filesystem::remove(std::filesystem::path(journal->dir()) / saved_inputs);
+      saved_inputs = p.activations;
+    }
+    crash_point("block");
+  };
+
   torch::Tensor calib_tokens;
   if (calibrated) {
     CalibOptions calib = job.calib;
@@ -184,6 +278,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   // GWQ: outlier masks from the full-precision model's gradients, per distinct gradient rule.
   std::map<std::string, std::map<std::string, torch::Tensor>> gradient_masks;  // rule -> name -> mask
   for (const LayerScheme& s : all_schemes(job)) {
+    if (resumed && resumed->finishing) break;  // every layer is quantized already
     if (!s.outliers || !s.outliers->needs_gradients() || s.outliers->percent == 0) continue;
     if (gradient_masks.count(s.outliers->str())) continue;
     GradientOptions go;
@@ -198,11 +293,6 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     if (s.outliers->needs_gradients()) return gradient_masks.at(s.outliers->str()).at(name).to_dense();
     return select_outliers(hessian_saliency(W, H, s.format, job.layer), s.outliers->percent);
   };
-
-  std::unique_ptr<QuantizedCheckpointWriter> writer;
-  if (!job.out.empty()) writer = std::make_unique<QuantizedCheckpointWriter>(job.out, model.config().to_json(), job.replace);
-  QuantizeReport report;
-  nlohmann::json tensors = nlohmann::json::object(), activations = nlohmann::json::object();
 
   // Embedding and head first, so that calibration runs on them as they will be.
   const bool tied = !m.source->has("lm_head.weight");
@@ -230,29 +320,31 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     quantized_extras.insert(name);
     return r.dequantized;
   };
-  // The model computes with them as they will be stored (only calibration runs it).
-  if (torch::Tensor e = quantize_extra("model.embed_tokens.weight", embedding_format(tied)); e.defined() && calibrated) {
-    model.embed_weight() = e.to(model.device());
-    if (tied) model.lm_head().weight = model.embed_weight();
-  }
-  if (!tied)
-    if (torch::Tensor h = quantize_extra("lm_head.weight", embedding_format(true)); h.defined() && calibrated)
-      model.lm_head().weight = h.to(model.device());
-
-  // Everything else that is not a decoder linear keeps the dtype it is stored in (F32 where the
-  // source's form is not a plain float tensor, e.g. a GGUF's).
-  if (writer)
-    for (const std::string& name : src.names()) {
-      bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
-      if (linear || quantized_extras.count(name)) continue;
-      if (auto stored = src.get_stored(name)) {
-        writer->add_stored(name, stored->dtype, stored->shape, stored->data, stored->nbytes);
-        continue;
-      }
-      torch::Tensor t = src.get(name).contiguous();
-      writer->add_float(name, t.sizes().vec(), t.data_ptr<float>());
+  // The model computes with them as they will be stored (only calibration runs it). A resumed run
+  // has them in its shards already, and the next block's inputs saved.
+  if (!resumed) {
+    if (torch::Tensor e = quantize_extra("model.embed_tokens.weight", embedding_format(tied)); e.defined() && calibrated) {
+      model.embed_weight() = e.to(model.device());
+      if (tied) model.lm_head().weight = model.embed_weight();
     }
-  double bits_sum = 0;
+    if (!tied)
+      if (torch::Tensor h = quantize_extra("lm_head.weight", embedding_format(true)); h.defined() && calibrated)
+        model.lm_head().weight = h.to(model.device());
+
+    // Everything else that is not a decoder linear keeps the dtype it is stored in (F32 where the
+    // source's form is not a plain float tensor, e.g. a GGUF's).
+    if (writer)
+      for (const std::string& name : src.names()) {
+        bool linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
+        if (linear || quantized_extras.count(name)) continue;
+        if (auto stored = src.get_stored(name)) {
+          writer->add_stored(name, stored->dtype, stored->shape, stored->data, stored->nbytes);
+          continue;
+        }
+        torch::Tensor t = src.get(name).contiguous();
+        writer->add_float(name, t.sizes().vec(), t.data_ptr<float>());
+      }
+  }
 
   // Writes one quantized linear into the checkpoint and the report, and puts it into the model.
   auto record = [&](const std::string& name, Linear& linear, const LayerScheme& scheme, LayerQuantResult r,
@@ -278,6 +370,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     bits_sum += bits;
     report.quantized_weights += r.q.rows * r.q.cols;
     report.layers.push_back(std::move(lr));
+    crash_point("linear");
   };
 
   auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats) {
@@ -362,7 +455,10 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         auto kept = fr.outliers.find(name);
         record(name, model.layer(l).linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
                kept == fr.outliers.end() ? nullptr : &kept->second, "");
+        if (writer && short_name == DecoderLayer::linear_names().back()) writer->end_block();
       }
+  } else if (resumed && resumed->finishing) {
+    // Every block is in the shards: only the final write was left.
   } else if (needs_calibration(job)) {
     SequentialOptions so;
     so.hessian = job.layer.method == QuantMethod::GPTQ || job.metric == MofqMetric::OutputError ||
@@ -371,14 +467,20 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     so.batch = job.calib_batch;
     so.progress = job.progress;
     so.release_blocks = true;  // each block is in the checkpoint once its outputs are computed
+    so.activation_budget_bytes = job.activation_budget_bytes;
+    if (writer) so.spill_dir = writer->scratch_dir();
+    so.first_block = first_block;
+    if (first_block > 0) so.first_inputs = (std::filesystem::path(journal->dir()) / resumed->activations).string();
+    saved_inputs = resumed ? resumed->activations : "";
+    so.block_done = [&](int l, const ActivationStore& next_inputs) { block_done(l, &next_inputs); };
     quantize_sequentially(model, calib_tokens, so,
                           [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
                             quantize_one(name, lin, &st);
                           });
   } else {
-    Progress progress("quantize", size_t(num_layers) * 7, job.progress);
+    Progress progress("quantize", size_t(num_layers - first_block) * 7, job.progress);
     size_t done = 0;
-    for (int l = 0; l < num_layers; ++l)
+    for (int l = first_block; l < num_layers; ++l) {
       for (const std::string& short_name : DecoderLayer::linear_names()) {
         const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
         Linear linear;  // one weight in memory at a time, straight from the checkpoint
@@ -386,6 +488,8 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         quantize_one(name, linear, nullptr);
         progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
       }
+      block_done(l, nullptr);
+    }
     progress.finish();
   }
 
@@ -397,6 +501,11 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
                                 {"tensors", tensors}};
   if (job.quantize_activations) report.quantization_config["activations"] = activations;
   if (writer) {
+    writer->close_shards(report.quantization_config);
+    journal->save({num_layers, /*finishing=*/true, writer->state(), progress_state(), ""});
+    writer->keep_scratch();
+    if (!saved_inputs.empty()) std::filesystem::remove(std::filesystem::path(journal->dir()) / saved_inputs);
+    crash_point("finish");
     writer->finish(report.quantization_config, src.tokenizer_dir());
     report.file_bytes = writer->weight_file_bytes();
   }

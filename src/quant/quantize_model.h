@@ -31,6 +31,13 @@ struct QuantizeJob {
   // Calibrated methods: how many decoder blocks stay materialized (model/llama_model.h). The
   // default keeps every block; the CLI passes its --max-memory budget.
   ModelMemory memory;
+  // Calibration activations stay in RAM within this many bytes (< 0: always), else in a scratch
+  // file beside the output (calib/activation_store.h). Results do not depend on it.
+  int64_t activation_budget_bytes = -1;
+  // Shards of the output close at a block boundary once they hold this many bytes.
+  size_t max_shard_bytes = size_t(512) << 20;
+  // Continue an interrupted run of the same command from its last closed shard (quant/resume.h).
+  bool resume = false;
   // Token embedding and output head, quantized by RTN before everything else. Unset: kept in
   // the source's dtype, except in GGUF jobs (every candidate a gguf: type), which use llama-quantize's choice
   // (gguf_embedding_type) so that the checkpoint is exactly what its GGUF export will hold.

@@ -82,6 +82,7 @@ TEST(QuantizedCheckpoint, ShardsWhenOverTheLimit) {
       std::string name = "layer" + std::to_string(i) + ".weight";
       w.add_quantized(name, qs.back());
       tensors[name] = tensor_entry(qs.back());
+      EXPECT_TRUE(w.end_block());  // over the limit: the shard closes here
     }
     w.finish({{"tensors", tensors}}, "");
   }
@@ -100,7 +101,8 @@ TEST(QuantizedCheckpoint, UnfinishedWriteLeavesNothing) {
   fs::remove_all(out);
   {
     QuantizedCheckpointWriter w(out.string(), {{"model_type", "llama"}}, false, 100);
-    w.add_quantized("x.weight", random_quantized("int4:g32", 8, 64, 7));  // flushed to a shard
+    w.add_quantized("x.weight", random_quantized("int4:g32", 8, 64, 7));
+    EXPECT_TRUE(w.end_block());  // flushed to a shard
   }  // destroyed without finish(), as when quantization fails half-way
   EXPECT_FALSE(fs::exists(out));
   for (const auto& e : fs::directory_iterator(out.parent_path()))

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "io/quantized_checkpoint.h"  // copy_tokenizer_files
 #include "io/safetensors.h"
 #include "model/gguf_export.h"
 #include "util/atomic_file.h"
@@ -109,11 +110,7 @@ void add_export(CLI::App& app) {
     AtomicFile config((fs::path(dir.path()) / "config.json").string());
     config.write(cfg.dump(2) + "\n");
     config.commit();
-    if (!src->tokenizer_dir().empty())
-      for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
-        fs::path from = fs::path(src->tokenizer_dir()) / f;
-        if (fs::exists(from)) fs::copy_file(from, fs::path(dir.path()) / f, fs::copy_options::overwrite_existing);
-      }
+    copy_tokenizer_files(src->tokenizer_dir(), dir.path());
     dir.commit();
     std::printf("wrote %s\n", o->out.c_str());
   });

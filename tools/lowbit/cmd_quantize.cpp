@@ -3,12 +3,14 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "commands.h"
 #include "model/gguf_export.h"
 #include "common.h"
 #include "quant/mixed_precision.h"
+#include "quant/sensitivity.h"  // parse_byte_size
 #include "quant/quantize_model.h"
 #include "util/json_file.h"
 
@@ -115,6 +117,7 @@ void add_quantize(CLI::App& app) {
         outliers, embed_format, head_format;
     FlexRoundOptions flexround;
     QuantizeJob job;
+    std::string max_shard_size = "512M";
     bool dry_run = false, w8a8 = false, force = false;
     RuntimeOptions rt;
   };
@@ -162,6 +165,10 @@ void add_quantize(CLI::App& app) {
   cmd->add_flag("--dry-run", o->dry_run, "print the per-layer choices and errors; write nothing");
   cmd->add_option("--json", o->json, "write the per-layer report as JSON (- for standard output)");
   cmd->add_flag("--force", o->force, "replace outputs an earlier lowbit run wrote (never anything else)");
+  cmd->add_flag("--resume", o->job.resume,
+                "continue an interrupted run of the same command from its last finished shard (same result)");
+  cmd->add_option("--max-shard-size", o->max_shard_size,
+                  "close an output shard at the first block boundary past this size (default 512M)");
   cmd->add_flag("--no-progress", [o](int64_t) { o->job.progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
@@ -189,6 +196,10 @@ void add_quantize(CLI::App& app) {
     job.tokenizer = o->tokenizer;
     job.replace = o->force;
     job.memory = o->rt.model_memory();
+    job.activation_budget_bytes = o->rt.activation_memory();
+    const double shard = parse_byte_size(o->max_shard_size);
+    if (!(shard >= 1)) throw Error(fmt::format("--max-shard-size {}: give a size such as 512M", o->max_shard_size));
+    job.max_shard_bytes = size_t(shard);
     // --out-gguf alone: the checkpoint is an intermediate the export reads, removed once it worked.
     const bool intermediate = !o->dry_run && o->out.empty();
     job.out = o->dry_run ? "" : intermediate ? o->out_gguf + ".lowbit-checkpoint" : o->out;
@@ -208,7 +219,18 @@ void add_quantize(CLI::App& app) {
     job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
     job.quantize_activations = o->w8a8;
     check_outputs(*o, job);
-    QuantizeReport r = quantize_model(job);
+    QuantizeReport r;
+    try {
+      r = quantize_model(job);
+    } catch (const Error& e) {
+      // Finished blocks survive a failure (a full disk, a signal): say how to go on from them.
+      const std::string msg = e.what();
+      if (!job.out.empty() && !msg.starts_with("--resume") &&
+          std::filesystem::exists(std::filesystem::path(scratch_path_of(job.out)) / ".resume" / "state.json"))
+        throw Error(fmt::format("{} (the finished blocks are kept in {}; free what is needed and rerun with --resume)",
+                                msg, scratch_path_of(job.out)));
+      throw;
+    }
     print_report(r, job);
     if (!o->json.empty()) write_json(o->json, r.to_json());
     if (!o->out.empty()) std::printf("wrote %s\n", o->out.c_str());

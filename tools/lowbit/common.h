@@ -22,7 +22,8 @@ struct RuntimeOptions {
   torch::Device torch_device() const;
   int64_t max_memory_bytes() const;
   // Half of --max-memory for materialized decoder blocks; the rest is for activations.
-  ModelMemory model_memory() const { return {max_memory_bytes() / 2}; }
+  ModelMemory model_memory() const { return {max_memory_bytes() / 2}; }  // decoder blocks: half
+  int64_t activation_memory() const { return max_memory_bytes() / 4; }   // calibration activations
 };
 
 // Writes a JSON report or plan, atomically and marked as lowbit's (io/output_path.h); "-" and

@@ -1,0 +1,60 @@
+#pragma once
+// The hidden states of every calibration window at one point of the model ([windows, seqlen,
+// hidden] fp32), kept as batches of windows. They are held in RAM when they fit the memory budget,
+// and otherwise in a scratch file that is read and written one batch at a time, so that a large
+// calibration (128 × 2048 tokens × 8192 = 8 GiB) costs one batch of RAM. The file holds the same
+// fp32 bytes as RAM would, so both give bit-identical results. It is unlinked as soon as it is
+// created: nothing is left behind, even after kill -9.
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+class ActivationStore {
+ public:
+  // `windows` windows of [seqlen, hidden], batches of `batch` windows (the last may be shorter),
+  // on `device`. spill_dir empty: in RAM; else in a scratch file created in spill_dir.
+  ActivationStore(int64_t windows, int64_t seqlen, int64_t hidden, int64_t batch, torch::Device device,
+                  const std::string& spill_dir = "");
+  ~ActivationStore();
+  ActivationStore(const ActivationStore&) = delete;
+  ActivationStore& operator=(const ActivationStore&) = delete;
+
+  int64_t batches() const { return (windows_ + batch_ - 1) / batch_; }
+  int64_t batch_windows(int64_t b) const;  // windows in batch b
+  torch::Tensor get(int64_t b) const;      // [batch_windows(b), seqlen, hidden] fp32 on the device
+  void put(int64_t b, const torch::Tensor& x);
+
+  bool on_disk() const { return fd_ >= 0; }
+  uint64_t bytes() const { return uint64_t(windows_) * uint64_t(window_floats()) * 4; }
+
+  // Every batch in order as raw fp32 (for --resume), written atomically; load() reads such a
+  // file back (Error if its size does not match).
+  void save(const std::string& path) const;
+  void load(const std::string& path);
+
+ private:
+  int64_t windows_, seqlen_, hidden_, batch_;
+  torch::Device device_;
+  std::vector<torch::Tensor> ram_;  // when in RAM
+  int fd_ = -1;                     // the scratch file otherwise
+  std::string spill_dir_;
+
+  int64_t window_floats() const { return seqlen_ * hidden_; }
+  uint64_t offset_of(int64_t b) const { return uint64_t(b) * uint64_t(batch_) * uint64_t(window_floats()) * 4; }
+};
+
+// Whether `count` stores of this size fit `budget_bytes` in RAM (budget < 0: always), and the
+// one line that says where they are held, e.g. "calibration: 128×2048 tokens × 4096 = 4.0 GiB
+// fp32, ×2 (block inputs and attention outputs), on disk in /tmp (budget 3.0 GiB)".
+struct ActivationPlan {
+  bool in_ram = true;
+  std::string line;
+};
+ActivationPlan plan_activations(int64_t windows, int64_t seqlen, int64_t hidden, int count, int64_t budget_bytes,
+                                const std::string& spill_dir);
+
+}  // namespace lowbit
