@@ -15,6 +15,7 @@
 #include "quant/quantizer.h"
 #include "tokenizer/gguf_vocab.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 #include "util/half.h"
 #include "util/progress.h"
 
@@ -253,11 +254,19 @@ std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t, 
   if (t.source == Source::Stored) {
     bytes = stored_blocks(*src.get_quantized(t.hf), t.type);
   } else {
-    torch::Tensor w = src.get(t.hf);
-    if (w.dim() == 1) w = w.view({1, -1});
     LayerQuantOptions o;  // RTN, or the rounding of a float type
     o.compute_output_error = false;
-    bytes = quantize_layer(w, t.type, o).q.blocks;
+    std::optional<StoredTensorView> view = t.shape.size() == 2 ? src.get_stored(t.hf) : std::nullopt;
+    if (view && gguf_float_type_name(view->dtype) == t.type.str()) {
+      bytes.assign(view->data, view->data + view->nbytes);  // already in the planned float type
+      release_mapped_pages(view->data, view->nbytes);
+    } else if (view && rows_quantized_independently(t.type)) {
+      bytes = quantize_stored_rows(*view, t.type, o, /*keep_dequantized=*/false).q.blocks;  // a tile at a time
+    } else {
+      torch::Tensor w = src.get(t.hf);
+      if (w.dim() == 1) w = w.view({1, -1});
+      bytes = quantize_layer(w, t.type, o).q.blocks;
+    }
   }
   const ModelConfig& c = src.config();
   const bool q = t.hf.ends_with("q_proj.weight"), k = t.hf.ends_with("k_proj.weight");

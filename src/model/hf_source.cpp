@@ -8,6 +8,7 @@
 #include "io/safetensors.h"
 #include "model/weight_source.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 
 namespace lowbit {
 
@@ -42,6 +43,7 @@ class HFSource : public WeightSource, public std::enable_shared_from_this<HFSour
       return counted_alias(t.data, shape, shared_from_this());
     torch::Tensor out = counted_float_tensor(shape);
     t.to_float(out.data_ptr<float>());
+    release_mapped_pages(t.data, t.nbytes);  // converted: the stored bytes are not needed again soon
     return out;
   }
 

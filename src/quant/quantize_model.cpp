@@ -17,6 +17,7 @@
 #include "quant/resume.h"
 #include "util/crash_point.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 #include "util/progress.h"
 
 namespace lowbit {
@@ -309,11 +310,14 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   // RTN of the embedding or head; returns the dequantized tensor (undefined when kept as stored).
   auto quantize_extra = [&](const std::string& name, const std::optional<FormatSpec>& format) -> torch::Tensor {
     if (!format) return {};
-    torch::Tensor weight = src.get(name).contiguous();
-    FormatSpec spec = gguf_format_for_shape(*format, weight.size(1));
+    FormatSpec spec = gguf_format_for_shape(*format, src.shape(name).back());
     LayerQuantOptions o;
     o.compute_output_error = false;
-    LayerQuantResult r = quantize_layer(weight, spec, o);
+    // A tile of rows at a time from the stored bytes where the format allows it: a 128256-row
+    // embedding is 1 GB as fp32.
+    std::optional<StoredTensorView> view = rows_quantized_independently(spec) ? src.get_stored(name) : std::nullopt;
+    LayerQuantResult r = view ? quantize_stored_rows(*view, spec, o, /*keep_dequantized=*/calibrated)
+                              : quantize_layer(src.get(name).contiguous(), spec, o);
     tensors[name] = {{"format", spec.str()}, {"method", "rtn"}, {"shape", {r.q.rows, r.q.cols}},
                      {"bits_per_weight", bits_per_weight(spec, r.q.rows, r.q.cols)}, {"weight_mse", r.weight_mse}};
     if (writer) writer->add_quantized(name, r.q);
@@ -339,6 +343,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         if (linear || quantized_extras.count(name)) continue;
         if (auto stored = src.get_stored(name)) {
           writer->add_stored(name, stored->dtype, stored->shape, stored->data, stored->nbytes);
+          release_mapped_pages(stored->data, stored->nbytes);  // copied
           continue;
         }
         torch::Tensor t = src.get(name).contiguous();

@@ -12,6 +12,7 @@
 #include "quant/grid.h"
 #include "quant/methods.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 
 namespace lowbit {
 
@@ -179,6 +180,39 @@ torch::Tensor round_to_grid(const torch::Tensor& x, const Codec& codec) {
   grid->encode(t, nullptr, &values);
   if (any_nan) values.masked_fill_(nan, std::numeric_limits<float>::quiet_NaN());
   return values.to(x.scalar_type());
+}
+
+bool rows_quantized_independently(const FormatSpec& spec) {
+  return spec.scaling() == Scaling::Ggml || (spec.granularity != Granularity::Tensor && spec.scaling() != Scaling::NV);
+}
+
+LayerQuantResult quantize_stored_rows(const StoredTensorView& view, const FormatSpec& spec,
+                                      const LayerQuantOptions& options, bool keep_dequantized, int64_t tile_bytes) {
+  if (view.shape.size() != 2 || !rows_quantized_independently(spec) || !dtype_is_float16or32(view.dtype))
+    fail("internal: quantize_stored_rows of a {}-D {} tensor to {}", view.shape.size(), dtype_name(view.dtype), spec.str());
+  const int64_t rows = view.shape[0], cols = view.shape[1];
+  const int64_t tile = std::max<int64_t>(1, tile_bytes / (cols * 4));
+  const size_t row_bytes = view.nbytes / size_t(rows);
+  LayerQuantResult out;
+  out.q.spec = spec, out.q.rows = rows, out.q.cols = cols;
+  std::vector<torch::Tensor> parts;
+  double sse = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t m = std::min(tile, rows - r0);
+    torch::Tensor w = torch::empty({m, cols}, torch::kFloat32);
+    const uint8_t* from = view.data + size_t(r0) * row_bytes;
+    to_float(view.dtype, from, w.data_ptr<float>(), size_t(m * cols));
+    release_mapped_pages(from, size_t(m) * row_bytes);
+    LayerQuantResult r = quantize_layer(w, spec, options);
+    auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+    append(out.q.codes, r.q.codes), append(out.q.scales, r.q.scales), append(out.q.zeros, r.q.zeros);
+    append(out.q.blocks, r.q.blocks);
+    sse += r.weight_mse * double(m * cols);
+    if (keep_dequantized) parts.push_back(r.dequantized);
+  }
+  out.weight_mse = sse / double(rows * cols);
+  if (keep_dequantized) out.dequantized = torch::cat(parts);
+  return out;
 }
 
 }  // namespace lowbit

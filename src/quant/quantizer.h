@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "format/format.h"
+#include "model/weight_source.h"  // StoredTensorView
 
 namespace lowbit {
 
@@ -89,5 +90,16 @@ MofqChoice choose_format(const torch::Tensor& W, const std::vector<FormatSpec>& 
 // vectorized quantizers use. Returns decoded grid values, same shape and dtype as x. NaN gives
 // NaN where the codec has a NaN code (fp8) and throws lowbit::Error otherwise.
 torch::Tensor round_to_grid(const torch::Tensor& x, const Codec& codec);
+
+// Whether each row of a weight is quantized on its own (scales per channel or per group, or ggml's
+// per-row blocks), so that a tile of rows is quantized as the whole tensor would quantize it.
+bool rows_quantized_independently(const FormatSpec& spec);
+
+// RTN of a stored 2-D tensor whose rows are quantized independently (per-channel or per-group
+// scales, GGUF types) a tile of rows (tile_bytes of fp32) at a time: the same codes and scales as
+// quantize_layer on the whole tensor, in a tile's memory. The dequantized tensor only if asked.
+LayerQuantResult quantize_stored_rows(const StoredTensorView& view, const FormatSpec& spec,
+                                      const LayerQuantOptions& options, bool keep_dequantized,
+                                      int64_t tile_bytes = int64_t(64) << 20);
 
 }  // namespace lowbit

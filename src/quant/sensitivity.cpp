@@ -129,6 +129,29 @@ struct RestoreWeight {
 
 }  // namespace
 
+nlohmann::json to_json(const LayerSensitivity& l) {
+  nlohmann::json cands = nlohmann::json::array();
+  for (const PlanCandidate& c : l.candidates) cands.push_back({{"format", c.format}, {"bits", c.bits}, {"damage", c.damage}});
+  return {{"name", l.name},
+          {"layer", l.layer},
+          {"short_name", l.short_name},
+          {"rows", l.rows},
+          {"cols", l.cols},
+          {"entropy", std::isnan(l.entropy) ? nlohmann::json(nullptr) : nlohmann::json(l.entropy)},
+          {"candidates", cands},
+          {"note", l.note}};
+}
+
+LayerSensitivity layer_sensitivity_from_json(const nlohmann::json& j) {
+  LayerSensitivity l;
+  l.name = j.at("name"), l.layer = j.at("layer"), l.short_name = j.at("short_name");
+  l.rows = j.at("rows"), l.cols = j.at("cols");
+  l.entropy = j.at("entropy").is_null() ? std::nan("") : j.at("entropy").get<double>();
+  for (const nlohmann::json& c : j.at("candidates")) l.candidates.push_back({c.at("format"), c.at("bits"), c.at("damage")});
+  l.note = j.at("note");
+  return l;
+}
+
 SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
                                        const std::vector<LayerScheme>& candidates, const SensitivityOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -192,6 +215,14 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
   Progress progress("sensitivity", size_t(L) * 7 * candidates.size(), opt.progress);
   size_t done = 0;
   quantize_sequentially(model, toks, so, [&](int l, const std::string& name, Linear& lin, const LinearInputStats& st) {
+    if (auto before = opt.measured_before.find(name); before != opt.measured_before.end()) {
+      if (before->second.candidates.size() != candidates.size())
+        fail("sensitivity: the earlier measurement of {} has {} candidates, not {}", name,
+             before->second.candidates.size(), candidates.size());
+      report.layers.push_back(before->second);
+      done += candidates.size();
+      return;
+    }
     LayerSensitivity ls;
     ls.name = name;
     ls.layer = l;
@@ -241,6 +272,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
       ls.candidates.push_back({c.str(), actual.bits(ls.rows, ls.cols), damage});
       progress.update(++done, fmt::format("layer {}/{} {}", l + 1, L, ls.short_name));
     }
+    if (opt.on_measured) opt.on_measured(ls);
     report.layers.push_back(std::move(ls));
   });
   progress.finish();

@@ -45,6 +45,9 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -62,6 +65,18 @@ enum class SensitivityMetric { Hessian, Fisher, Kld };
 SensitivityMetric parse_sensitivity(std::string_view name);  // "hessian" | "fisher" | "kld"
 std::string sensitivity_name(SensitivityMetric m);
 
+struct LayerSensitivity {
+  std::string name;  // HF weight name, "model.layers.3.mlp.up_proj.weight"
+  int layer = 0;
+  std::string short_name;  // "mlp.up_proj"
+  int64_t rows = 0, cols = 0;
+  double entropy = std::numeric_limits<double>::quiet_NaN();  // bits; NaN without entropy_tokens
+  // One per candidate, in the order given: format = the candidate's LayerScheme::str(), bits =
+  // exact storage bits (scales and outliers included), damage under the metric.
+  std::vector<PlanCandidate> candidates;
+  std::string note;  // GGUF fallbacks for this row length
+};
+
 struct SensitivityOptions {
   SensitivityMetric metric = SensitivityMetric::Kld;
   LayerQuantOptions layer = [] {  // the method the plan is used with; GPTQ by default
@@ -77,19 +92,16 @@ struct SensitivityOptions {
                                   // quantize --gwq-samples chooses them
   GradientOptions gradients;      // fisher and gradient outlier rules (batch, head_chunk)
   bool progress = true;
+  // Resume (plan --resume): layers an interrupted run measured, by name, are taken as they are
+  // (the calibration passes still run; the candidates' quantization and KLD suffixes do not);
+  // on_measured is called after each layer measured now, e.g. to record it.
+  std::map<std::string, LayerSensitivity> measured_before;
+  std::function<void(const LayerSensitivity&)> on_measured;
 };
 
-struct LayerSensitivity {
-  std::string name;  // HF weight name, "model.layers.3.mlp.up_proj.weight"
-  int layer = 0;
-  std::string short_name;  // "mlp.up_proj"
-  int64_t rows = 0, cols = 0;
-  double entropy = std::numeric_limits<double>::quiet_NaN();  // bits; NaN without entropy_tokens
-  // One per candidate, in the order given: format = the candidate's LayerScheme::str(), bits =
-  // exact storage bits (scales and outliers included), damage under the metric.
-  std::vector<PlanCandidate> candidates;
-  std::string note;  // GGUF fallbacks for this row length
-};
+
+nlohmann::json to_json(const LayerSensitivity& l);  // every field; doubles round-trip exactly
+LayerSensitivity layer_sensitivity_from_json(const nlohmann::json& j);
 
 struct SensitivityReport {
   SensitivityMetric metric = SensitivityMetric::Kld;

@@ -24,4 +24,10 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Drops the pages of [data, data + n) inside a read-only mapping from this process's resident
+// set once they have been read (MADV_DONTNEED; only whole pages inside the range). They stay in
+// the kernel's page cache and are read back on the next access, so a pass over a checkpoint larger
+// than RAM does not count the whole checkpoint as this process's memory.
+void release_mapped_pages(const void* data, size_t n);
+
 }  // namespace lowbit

@@ -157,3 +157,62 @@ TEST(Resume, RunWithoutResumeStartsOverAndSaysSo) {
   EXPECT_EQ(n.code, 0) << n.err;
   EXPECT_TRUE(fs::exists(other / "config.json"));
 }
+
+TEST(Resume, PlanKilledAfterSomeLayersResumesToTheSamePlan) {
+  const std::string opts = "plan --model " + model() + " --calib " + kCalib +
+                           " --nsamples 4 --seqlen 64 --kld-samples 2 --candidates int2:g32,int4:g32,int8:g32 "
+                           "--target-bpw 4.5 --method rtn --no-progress --threads 1 --out ";
+  const fs::path dir = out_dir("resume_plan");
+  fs::create_directories(dir);
+  const std::string ref = (dir / "ref.json").string(), out = (dir / "plan.json").string();
+  CliRun r = run_lowbit(opts + ref);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* point : {"plan-layer:1", "plan-layer:17", "plan-layer:41"}) {
+    fs::remove(out);
+    CliRun killed = run_lowbit(opts + out, std::string("LOWBIT_CRASH_AT=") + point);
+    ASSERT_EQ(killed.code, 128 + SIGKILL) << point << ": " << killed.err;
+    EXPECT_FALSE(fs::exists(out)) << point;
+    ASSERT_TRUE(fs::exists(out + ".lowbit-partial.json")) << point;
+    CliRun resumed = run_lowbit(opts + out + " --resume");
+    ASSERT_EQ(resumed.code, 0) << point << ": " << resumed.err;
+    EXPECT_NE(resumed.err.find("layers measured before"), std::string::npos) << resumed.err;
+    EXPECT_FALSE(fs::exists(out + ".lowbit-partial.json")) << point;
+    EXPECT_TRUE(files_of(dir).at("plan.json") == files_of(dir).at("ref.json")) << point;
+  }
+  // Another candidate list is another measurement: refused.
+  fs::remove(out);
+  ASSERT_EQ(run_lowbit(opts + out, "LOWBIT_CRASH_AT=plan-layer:5").code, 128 + SIGKILL);
+  std::string other = opts;
+  other.replace(other.find("int2:g32,"), 9, "");
+  CliRun refused = run_lowbit(other + out + " --resume");
+  EXPECT_EQ(refused.code, 1);
+  EXPECT_NE(refused.err.find("candidates"), std::string::npos) << refused.err;
+}
+
+// A disk that fills up: a tmpfs too small for the checkpoint (needs root to mount; skipped
+// otherwise). The run ends in one clear error, leaves nothing that looks finished, and --resume
+// completes it to the same bytes once the file system has room.
+TEST(Resume, FullDiskEndsInAClearErrorAndResumesOnceThereIsRoom) {
+  const fs::path mnt = out_dir("resume_small_disk");
+  fs::create_directories(mnt);
+  if (std::system(("mount -t tmpfs -o size=240k tmpfs " + mnt.string() + " 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a small tmpfs here (not root)";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { std::system(("umount " + dir).c_str()); }
+  } unmount{mnt.string()};
+  const fs::path ref = out_dir("resume_disk_ref");
+  ASSERT_EQ(run_lowbit("quantize --model " + model() + " --out " + ref.string() + " " + kRtn).code, 0);
+  const std::string cmd = "quantize --model " + model() + " --out " + (mnt / "q").string() + " " + kRtn;
+  CliRun full = run_lowbit(cmd);
+  ASSERT_EQ(full.code, 1) << full.err;
+  EXPECT_EQ(std::count(full.err.begin(), full.err.end(), '\n'), 1) << full.err;
+  EXPECT_NE(full.err.find("No space left on device"), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find("rerun with --resume"), std::string::npos) << full.err;
+  EXPECT_FALSE(fs::exists(mnt / "q"));
+  ASSERT_EQ(std::system(("mount -o remount,size=4m " + mnt.string()).c_str()), 0);
+  CliRun resumed = run_lowbit(cmd + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming"), std::string::npos) << resumed.err;
+  EXPECT_TRUE(files_of(mnt / "q") == files_of(ref));
+}

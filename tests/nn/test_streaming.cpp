@@ -137,3 +137,28 @@ TEST(Streaming, EveryBudgetWritesTheSameCheckpoint) {
     EXPECT_EQ(a->get_stored("model.norm.weight")->dtype, DType::BF16) << c.label;
   }
 }
+
+TEST(Streaming, EmbeddingQuantizedByRowTilesEqualsTheWholeTensor) {
+  // 37 rows of 256 in bf16, quantized 5 rows at a time against all at once.
+  torch::manual_seed(11);
+  torch::Tensor w = torch::randn({37, 256}) * 0.05;
+  std::vector<uint8_t> bf16(size_t(w.numel()) * 2);
+  from_float(DType::BF16, w.data_ptr<float>(), bf16.data(), size_t(w.numel()));
+  const StoredTensorView view{DType::BF16, {37, 256}, bf16.data(), bf16.size()};
+  torch::Tensor exact = torch::empty({37, 256});
+  to_float(DType::BF16, bf16.data(), exact.data_ptr<float>(), size_t(exact.numel()));
+  for (const char* spec_text : {"int4:g32", "int8:channel:asym", "mxfp4", "gguf:q4_0", "gguf:q6_k", "gguf:q8_0"}) {
+    const FormatSpec spec = FormatSpec::parse(spec_text);
+    LayerQuantOptions o;
+    o.compute_output_error = false;
+    LayerQuantResult whole = quantize_layer(exact, spec, o);
+    LayerQuantResult tiled = quantize_stored_rows(view, spec, o, /*keep_dequantized=*/true, /*tile_bytes=*/5 * 256 * 4);
+    EXPECT_EQ(tiled.q.codes, whole.q.codes) << spec_text;
+    EXPECT_EQ(tiled.q.scales, whole.q.scales) << spec_text;
+    EXPECT_EQ(tiled.q.zeros, whole.q.zeros) << spec_text;
+    EXPECT_EQ(tiled.q.blocks, whole.q.blocks) << spec_text;
+    EXPECT_TRUE(torch::equal(tiled.dequantized, whole.dequantized)) << spec_text;
+    // The error is a float32 mean: summed per tile it differs in the last digits only.
+    EXPECT_NEAR(tiled.weight_mse, whole.weight_mse, 1e-6 * whole.weight_mse) << spec_text;
+  }
+}

@@ -4,13 +4,19 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "calib/calib_data.h"
 #include "commands.h"
 #include "common.h"
 #include "quant/mixed_precision.h"
+#include "quant/resume.h"
 #include "quant/sensitivity.h"
+#include "util/atomic_file.h"
+#include "util/crash_point.h"
 
 namespace lowbit::cli {
 
@@ -52,6 +58,64 @@ std::vector<LayerScheme> parse_schemes(const std::string& list, const std::strin
 
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+// plan --resume: every layer measured so far, in "<out>.lowbit-partial.json" beside the plan,
+// rewritten atomically after each layer, with the fingerprint of the run (quant/resume.h). The
+// budget, --luq and --no-tie do not enter it: a resume may choose another mixture from the same
+// measurements.
+class PlanJournal {
+ public:
+  PlanJournal(const std::string& out, nlohmann::json fingerprint)
+      : path_(out + ".lowbit-partial.json"), fingerprint_(std::move(fingerprint)) {}
+  const std::string& path() const { return path_; }
+
+  // The layers measured before, or none. Error when the file is not lowbit's or another run's.
+  std::map<std::string, LayerSensitivity> load() const {
+    std::map<std::string, LayerSensitivity> out;
+    nlohmann::json j = read_if_ours();
+    if (j.is_null()) return out;
+    const std::string diff = fingerprint_difference(j.at("fingerprint"), fingerprint_);
+    if (!diff.empty())
+      throw Error(fmt::format("--resume: {} differs from the interrupted run's in {}; give the same command line, or "
+                              "drop --resume to start over", diff, path_));
+    for (const nlohmann::json& l : j.at("layers")) {
+      LayerSensitivity ls = layer_sensitivity_from_json(l);
+      out[ls.name] = std::move(ls);
+    }
+    return out;
+  }
+  void add(const LayerSensitivity& l) {
+    layers_.push_back(to_json(l));
+    AtomicFile f(path_);
+    f.write(nlohmann::json{{"lowbit_resume", "plan"}, {"fingerprint", fingerprint_}, {"layers", layers_}}.dump());
+    f.commit();
+  }
+  void seed(const std::map<std::string, LayerSensitivity>& before) {
+    for (const auto& [name, l] : before) layers_.push_back(to_json(l));
+  }
+  // Removes the journal (it must be lowbit's); says so when it held an interrupted run's work.
+  void remove(bool announce) const {
+    if (read_if_ours().is_null()) return;
+    if (announce)
+      std::fprintf(stderr, "note: discarding the interrupted run in %s (add --resume to continue it instead)\n",
+                   path_.c_str());
+    std::filesystem::remove(path_);
+  }
+
+ private:
+  std::string path_;
+  nlohmann::json fingerprint_, layers_ = nlohmann::json::array();
+
+  nlohmann::json read_if_ours() const {
+    std::error_code ec;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(path_, ec))) return nullptr;
+    std::ifstream in(path_);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || j.value("lowbit_resume", "") != "plan" || !j.contains("fingerprint") || !j.contains("layers"))
+      throw Error(fmt::format("{} exists and was not left by lowbit plan; move it away yourself", path_));
+    return j;
+  }
+};
+
 }  // namespace
 
 void add_plan(CLI::App& app) {
@@ -61,7 +125,7 @@ void add_plan(CLI::App& app) {
   struct Opts {
     std::string model, tokenizer, candidates, outliers, sensitivity = "kld", method = "gptq", target_size, out, json;
     double target_bpw = 0, luq = 0;
-    bool no_tie = false, progress = true, force = false;
+    bool no_tie = false, progress = true, force = false, resume = false;
     CalibOptions calib;
     int calib_batch = 8, kld_samples = 8;
     SensitivityOptions sens;
@@ -106,6 +170,8 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--out", o->out, "write the plan (JSON, read by quantize --plan)");
   cmd->add_option("--json", o->json, "write the per-layer report as JSON (- for standard output)");
   cmd->add_flag("--force", o->force, "replace outputs an earlier lowbit run wrote (never anything else)");
+  cmd->add_flag("--resume", o->resume,
+                "continue an interrupted run of the same command (needs --out): layers already measured are kept");
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
@@ -130,11 +196,40 @@ void add_plan(CLI::App& app) {
     so.gradients.batch = o->calib_batch;
     so.progress = o->progress;
 
+    if (o->resume && o->out.empty()) throw Error("plan --resume: give the --out of the interrupted run");
+
     LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.model_memory());
     if (m.source->quantization_config().is_object()) throw Error(fmt::format("{} is already quantized", o->model));
     CalibOptions calib = o->calib;
     calib.seqlen = std::min(calib.seqlen, m.model->config().max_position_embeddings);
     const torch::Tensor tokens = sample_calibration(*m.tokenizer, calib);
+
+    // What changes the measurements (not the budget): the journal's fingerprint.
+    std::vector<std::string> names;
+    for (const LayerScheme& c : candidates) names.push_back(c.str());
+    const nlohmann::json measured_by = {
+        {"sensitivity", o->sensitivity}, {"method", o->method}, {"candidates", names},
+        {"kld_samples", o->kld_samples}, {"calib_batch", o->calib_batch}, {"gwq_samples", so.gwq_samples},
+        {"clip_search", so.layer.rtn.clip_search}, {"damp", so.layer.gptq.damp},
+        {"calibration", {{"nsamples", calib.nsamples}, {"seqlen", calib.seqlen}, {"seed", calib.seed}}},
+        {"threads", at::get_num_threads()}};
+    std::optional<PlanJournal> journal;
+    if (!o->out.empty()) {
+      journal.emplace(o->out, run_fingerprint({o->model, o->tokenizer, o->calib.file}, measured_by));
+      if (o->resume) {
+        so.measured_before = journal->load();
+        journal->seed(so.measured_before);
+        std::fprintf(stderr, so.measured_before.empty() ? "--resume: no interrupted run of %s to continue\n"
+                                                        : "resuming %s: %zu layers measured before\n",
+                     o->out.c_str(), so.measured_before.size());
+      } else {
+        journal->remove(/*announce=*/true);
+      }
+      so.on_measured = [&](const LayerSensitivity& l) {
+        journal->add(l);
+        crash_point("plan-layer");
+      };
+    }
     const SensitivityReport report = estimate_sensitivity(*m.model, tokens, candidates, so);
 
     const std::vector<PlanLayer> all = plan_layers(report);
@@ -208,6 +303,7 @@ void add_plan(CLI::App& app) {
       for (const auto& [k, v] : params.items()) j[k] = v;
       for (size_t i = 0; i < layers.size(); ++i) j["layers"][i]["entropy"] = num(entropy[i]);
       write_json(o->out, j);
+      journal->remove(/*announce=*/false);  // the plan is complete
       std::printf("wrote %s\n", o->out.c_str());
     }
     if (!o->json.empty())
