@@ -127,6 +127,12 @@ LayerQuantResult result_of(const torch::Tensor& W, QuantOutcome& r, const LayerQ
 
 LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
                                 const torch::Tensor& H) {
+  if (options.method == QuantMethod::RTN && rtn_direct_applies(W, spec, options.rtn)) {
+    LayerQuantResult out = quantize_rtn_direct(W, spec);
+    if (H.defined() && options.compute_output_error)
+      out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+    return out;
+  }
   QuantOutcome r = run(W, spec, options, H);
   LayerQuantResult out = result_of(W, r, options, H);
   out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);

@@ -8,6 +8,7 @@
 
 #include "format/format.h"
 #include "io/ggml_blocks.h"
+#include "quant/methods.h"
 #include "quant/quantizer.h"
 #include "util/allocator.h"
 #include "util/error.h"
@@ -177,4 +178,51 @@ TEST(GgufQuant, RowLengthTheTypeCannotHoldIsAnError) {
   FormatSpec fallback = gguf_format_for_shape(FormatSpec::parse("gguf:q4_0"), 172);
   expect_same_bits(to_vector(quantize(w, fallback.str().c_str(), QuantMethod::RTN).dequantized),
                    to_vector(w.to(torch::kFloat16).to(torch::kFloat32)), "f16 fallback");
+}
+
+// The C++ loop behind plain RTN onto Q4_0, Q8_0 and Q6_K (quant/rtn_direct.cpp) against the tensor
+// path it replaces (quantize_rtn), on weights built to hit every edge: ties at half steps, equal
+// magnitudes of both signs (the first one sets Q4_0's sign), -0, fp16-subnormal and zero scales.
+TEST(GgufQuant, DirectRtnIsTheTensorPathBitForBit) {
+  torch::Tensor w = test_weights(64, 512, 5);
+  w.narrow(0, 1, 1).fill_(1e-9f);                                   // d underflows to 0
+  w.narrow(0, 2, 1).copy_(torch::randn({1, 512}) * 1e-6f);          // subnormal fp16 d
+  w.narrow(0, 3, 1).copy_((torch::randint(-16, 17, {1, 512}) * 0.5f) * 0.125f);  // ties
+  w[4][0] = -0.0f, w[4][1] = 0.75f, w[4][2] = -0.75f;               // |+a| = |-a|: the first wins
+  w[5][0] = -0.75f, w[5][1] = 0.75f;
+  w.narrow(0, 6, 1).copy_(torch::randn({1, 512}) * 2000.0f);       // large, within fp16
+  for (const char* name : {"gguf:q4_0", "gguf:q8_0", "gguf:q6_k"}) {
+    const FormatSpec spec = FormatSpec::parse(name);
+    ASSERT_TRUE(rtn_direct_applies(w, spec, RtnOptions{}));
+    LayerQuantResult direct = quantize_rtn_direct(w, spec);
+    QuantOutcome ref = quantize_rtn(w, spec, RtnOptions{});
+    expect_same_bits(to_vector(direct.dequantized), to_vector(ref.dequantized), name);
+    GGMLBlocks b = unpack_ggml_blocks(ggml_type_of(spec), direct.q.blocks.data(), w.numel());
+    torch::Tensor codes = ref.codes.to(torch::kInt32).bitwise_and(0xFF).to(torch::kUInt8).reshape(-1).contiguous();
+    EXPECT_EQ(b.q, std::vector<uint8_t>(codes.data_ptr<uint8_t>(), codes.data_ptr<uint8_t>() + codes.numel())) << name;
+    torch::Tensor d = ref.scale.to(torch::kFloat16).contiguous();
+    const uint16_t* dp = reinterpret_cast<const uint16_t*>(d.data_ptr<at::Half>());
+    EXPECT_EQ(b.d, std::vector<uint16_t>(dp, dp + d.numel())) << name;
+    if (ref.sub_scale.defined()) {
+      torch::Tensor sc = ref.sub_scale.to(torch::kInt32).bitwise_and(0xFF).to(torch::kUInt8).contiguous();
+      EXPECT_EQ(b.sub_scale, std::vector<uint8_t>(sc.data_ptr<uint8_t>(), sc.data_ptr<uint8_t>() + sc.numel())) << name;
+    }
+    EXPECT_NEAR(direct.weight_mse, ref.squared_error / double(w.numel()), 1e-6 * direct.weight_mse) << name;  // float sums per chunk there
+    // quantize_layer takes the direct path, and what it measures is what ggml decodes.
+    LayerQuantResult via_layer = quantize(w, name, QuantMethod::RTN);
+    EXPECT_EQ(via_layer.q.blocks, direct.q.blocks) << name;
+    expect_same_bits(dequantize(direct.q), to_vector(direct.dequantized), name);
+  }
+  // What the tensor path refuses, the loop refuses with the same words.
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), 1e9f}) {
+    torch::Tensor v = torch::zeros({2, 256});
+    v[1][33] = bad;
+    for (const char* name : {"gguf:q4_0", "gguf:q8_0", "gguf:q6_k"}) {
+      std::string direct, ref;
+      try { quantize_rtn_direct(v, FormatSpec::parse(name)); } catch (const Error& e) { direct = e.what(); }
+      try { quantize_rtn(v, FormatSpec::parse(name), RtnOptions{}); } catch (const Error& e) { ref = e.what(); }
+      EXPECT_FALSE(direct.empty()) << name << " " << bad;
+      EXPECT_EQ(direct, ref) << name << " " << bad;
+    }
+  }
 }

@@ -1,0 +1,190 @@
+// Plain RTN onto Q4_0, Q8_0 and Q6_K block by block in C++ loops, straight into ggml's bytes
+// (methods.h). Each step is the float operation quantize_rtn's tensor ops perform
+// (quant/ggml_grid.cpp), in the same order, so codes, scales and dequantized values are the same
+// bits. smax(v) is the signed value of the largest |v|, the first one on ties (torch's argmax).
+//   Q4_0  d = fp16(smax(x) * (1 / -8));  q in -8..7
+//   Q8_0  d = fp16(max |x| * (1 / 127)); q in -127..127
+//   Q6_K  per sub-block of 16: s = smax(x) * (1 / -32); per super-block of 256:
+//         d = fp16(smax(s) / -128), sc = clamp(rne(s / d), -128, 127) (0 where d is 0),
+//         step = d * sc; q in -32..31
+//   t = x / step (0 where step is 0); q = clamp(rne(t), grid); value = q * step (+0 for q = 0).
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "format/ggml_formats.h"
+#include "io/ggml_blocks.h"
+#include "quant/methods.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace lowbit {
+
+namespace {
+
+// Adding and subtracting 1.5 * 2^23 rounds a float to an integer, half to even, for |t| < 2^22
+// (every ratio here is below 2^8), in two plain additions the compiler keeps.
+constexpr float kRound = 12582912.0f;
+#define LOWBIT_INLINE inline __attribute__((always_inline))
+LOWBIT_INLINE float round_even(float t) { return (t + kRound) - kRound; }
+LOWBIT_INLINE float clamp(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
+LOWBIT_INLINE bool finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
+
+// The loops below run over 8 lanes of independent elements with fixed trip counts, so that the
+// compiler vectorizes them (the functions calling them are built for AVX-512, AVX2 and plain
+// x86-64, chosen at load time); every lane computes what the scalar formula does.
+struct Magnitude {
+  float abs_max = 0, signed_max = 0;
+  bool finite = true;
+};
+template <int N>
+LOWBIT_INLINE Magnitude magnitude(const float* __restrict x) {
+  float lane[8] = {};
+  uint32_t bad[8] = {};
+  for (int i = 0; i < N; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      uint32_t bits;
+      std::memcpy(&bits, &x[i + k], 4);
+      bits &= 0x7fffffffu;
+      bad[k] |= bits >= 0x7f800000u;  // Inf or NaN
+      const float a = std::fabs(x[i + k]);
+      lane[k] = a > lane[k] ? a : lane[k];
+    }
+  float abs_max = 0;
+  uint32_t any_bad = 0;
+  for (int k = 0; k < 8; ++k) abs_max = lane[k] > abs_max ? lane[k] : abs_max, any_bad |= bad[k];
+  if (any_bad) return {0, 0, false};
+  int first = 0;
+  while (std::fabs(x[first]) != abs_max) ++first;  // the first one, as torch's argmax
+  return {abs_max, x[first], true};
+}
+
+// Rounds x / step onto [lo, hi] into q, the values back into deq; returns the squared error,
+// summed per lane and then in a fixed order.
+template <int N>
+LOWBIT_INLINE float quantize_run(const float* __restrict x, float step, float lo, float hi, int* __restrict q,
+                                 float* __restrict deq) {
+  float err[N];
+  if (step == 0) {
+    for (int j = 0; j < N; ++j) q[j] = 0, deq[j] = 0.0f * step, err[j] = x[j] * x[j];  // step may be -0
+  } else {
+    for (int j = 0; j < N; ++j) {
+      const float v = clamp(round_even(x[j] / step), lo, hi);
+      q[j] = int(v);
+      deq[j] = (v + 0.0f) * step;  // +0 for q = 0, as the grid's decoded value
+      const float e = deq[j] - x[j];
+      err[j] = e * e;
+    }
+  }
+  float lane[8] = {};
+  for (int i = 0; i < N; i += 8)
+    for (int k = 0; k < 8; ++k) lane[k] += err[i + k];
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+enum class Fault { None, NonFinite, Overflow };
+
+// One row of Q4_0 or Q8_0 blocks of 32 into ggml's bytes.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+Fault quantize_row_32(GGMLType type, const float* x, int64_t cols, float* deq, uint8_t* out, double& sse) {
+  const bool q4 = type == GGMLType::Q4_0;
+  const size_t block_bytes = q4 ? 18 : 34;
+  for (int64_t b = 0; b < cols / 32; ++b, x += 32, deq += 32, out += block_bytes) {
+    const Magnitude m = magnitude<32>(x);
+    if (!m.finite) return Fault::NonFinite;
+    const uint16_t d16 = float_to_fp16(q4 ? m.signed_max * (1.0f / -8.0f) : m.abs_max * (1.0f / 127.0f));
+    const float d = fp16_to_float(d16);
+    if (!finite(d)) return Fault::Overflow;
+    int q[32];
+    sse += quantize_run<32>(x, d, q4 ? -8.0f : -127.0f, q4 ? 7.0f : 127.0f, q, deq);
+    out[0] = uint8_t(d16 & 0xFF), out[1] = uint8_t(d16 >> 8);
+    if (q4)
+      for (int j = 0; j < 16; ++j) out[2 + j] = uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4));
+    else
+      for (int j = 0; j < 32; ++j) out[2 + j] = uint8_t(int8_t(q[j]));
+  }
+  return Fault::None;
+}
+
+// One row of Q6_K super-blocks; ggml_blocks.h packs them.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+Fault quantize_row_q6_k(const float* x, int64_t cols, float* deq, uint8_t* out, double& sse) {
+  const int64_t nb = cols / 256;
+  GGMLBlocks b;
+  b.q.resize(size_t(cols)), b.d.resize(size_t(nb)), b.sub_scale.resize(size_t(16 * nb));
+  int q[16];
+  for (int64_t s = 0; s < nb; ++s) {
+    const float* xs = x + s * 256;
+    float sub[16];
+    for (int i = 0; i < 16; ++i) {
+      const Magnitude m = magnitude<16>(xs + 16 * i);
+      if (!m.finite) return Fault::NonFinite;
+      sub[i] = m.signed_max * (1.0f / -32.0f);
+    }
+    const uint16_t d16 = float_to_fp16(magnitude<16>(sub).signed_max / -128.0f);
+    const float d = fp16_to_float(d16);
+    if (!finite(d)) return Fault::Overflow;
+    b.d[size_t(s)] = d16;
+    for (int i = 0; i < 16; ++i) {
+      const float sc = d == 0 ? 0.0f : clamp(round_even(sub[i] / d), -128.0f, 127.0f) + 0.0f;
+      b.sub_scale[size_t(16 * s + i)] = uint8_t(int8_t(int(sc)));
+      const int64_t at = s * 256 + 16 * i;
+      sse += quantize_run<16>(x + at, d * sc, -32.0f, 31.0f, q, deq + at);
+      for (int j = 0; j < 16; ++j) b.q[size_t(at + j)] = uint8_t(q[j] + 32);
+    }
+  }
+  pack_ggml_blocks(GGMLType::Q6_K, b, cols, out);
+  return Fault::None;
+}
+
+}  // namespace
+
+bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options) {
+  if (options.clip_search || spec.scaling() != Scaling::Ggml || !W.is_cpu() || W.dim() != 2) return false;
+  const GGMLType t = ggml_type_of(spec);
+  return t == GGMLType::Q4_0 || t == GGMLType::Q8_0 || t == GGMLType::Q6_K;
+}
+
+LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec) {
+  if (W.dim() != 2 || W.numel() == 0) fail("quantize: expected a non-empty 2-D weight matrix");
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = W.to(torch::kFloat32).contiguous();
+  const int64_t rows = w.size(0), cols = w.size(1);
+  check_ggml_row_length(spec, cols);
+  const GGMLType type = ggml_type_of(spec);
+  const size_t row_bytes = size_t(ggml_row_bytes(spec, cols));
+
+  LayerQuantResult out;
+  out.dequantized = torch::empty({rows, cols}, torch::kFloat32);
+  std::vector<uint8_t> bytes(size_t(rows) * row_bytes);
+  std::vector<double> row_sse(static_cast<size_t>(rows));
+  std::atomic<int> fault{int(Fault::None)};
+  const float* x = w.data_ptr<float>();
+  float* deq = out.dequantized.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end && fault == int(Fault::None); ++r) {
+      double sse = 0;
+      uint8_t* o = bytes.data() + size_t(r) * row_bytes;
+      Fault f = type == GGMLType::Q6_K ? quantize_row_q6_k(x + r * cols, cols, deq + r * cols, o, sse)
+                                       : quantize_row_32(type, x + r * cols, cols, deq + r * cols, o, sse);
+      if (f != Fault::None) fault = int(f);
+      row_sse[size_t(r)] = sse;
+    }
+  });
+  // The tensor path's words (quant/ggml_grid.cpp check_finite).
+  if (fault != int(Fault::None)) {
+    if (!torch::isfinite(w).all().item<bool>()) fail("only finite weights can be quantized");
+    fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), w.abs().max().item<float>());
+  }
+  double sse = 0;
+  for (double s : row_sse) sse += s;  // in row order: the same on any number of threads
+  out.weight_mse = sse / double(rows * cols);
+  out.q = from_ggml_blocks(spec, rows, cols, std::move(bytes));
+  return out;
+}
+
+}  // namespace lowbit
