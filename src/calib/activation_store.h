@@ -28,7 +28,6 @@ class ActivationStore {
   torch::Tensor get(int64_t b) const;      // [batch_windows(b), seqlen, hidden] fp32 on the device
   void put(int64_t b, const torch::Tensor& x);
 
-  bool on_disk() const { return fd_ >= 0; }
   uint64_t bytes() const { return uint64_t(windows_) * uint64_t(window_floats()) * 4; }
 
   // Every batch in order as raw fp32 (for --resume), written atomically; load() reads such a

@@ -177,8 +177,7 @@ StagedDirectory::StagedDirectory(const std::string& out, OutputKind kind, bool f
       fail("{} exists and was not left by lowbit for this output; move it away yourself", scratch_);
     if (!reuse) {
       if (fs::exists(fs::path(scratch_) / ".resume"))
-        std::fprintf(stderr, "note: discarding the interrupted run in %s (add --resume to continue it instead)\n",
-                     scratch_.c_str());
+        note_discarding_interrupted_run(scratch_);
       fs::remove_all(scratch_, ec);
     }
   }
@@ -216,6 +215,11 @@ void StagedDirectory::commit() {
   if (ec) fail("cannot move {} to {}: {}", scratch_, out_, ec.message());
   committed_ = true;
   if (!old.empty()) remove_lowbit_directory(old);
+}
+
+void note_discarding_interrupted_run(const std::string& path) {
+  std::fprintf(stderr, "note: discarding the interrupted run in %s (add --resume to continue it instead)\n",
+               path.c_str());
 }
 
 }  // namespace lowbit

@@ -67,4 +67,7 @@ void remove_lowbit_directory(const std::string& dir);
 
 std::string scratch_path_of(const std::string& out);  // "<out>.lowbit-partial"
 
+// The one line a run prints when it starts over instead of resuming the interrupted run at path.
+void note_discarding_interrupted_run(const std::string& path);
+
 }  // namespace lowbit

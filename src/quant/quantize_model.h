@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "calib/calib_data.h"
+#include "io/quantized_checkpoint.h"
 #include "model/llama_model.h"
 #include "quant/flexround.h"
 #include "quant/quantizer.h"
@@ -35,7 +36,7 @@ struct QuantizeJob {
   // file beside the output (calib/activation_store.h). Results do not depend on it.
   int64_t activation_budget_bytes = -1;
   // Shards of the output close at a block boundary once they hold this many bytes.
-  size_t max_shard_bytes = size_t(512) << 20;
+  size_t max_shard_bytes = QuantizedCheckpointWriter::kDefaultShardBytes;
   // Continue an interrupted run of the same command from its last closed shard (quant/resume.h).
   bool resume = false;
   // Token embedding and output head, quantized by RTN before everything else. Unset: kept in

@@ -95,9 +95,7 @@ class PlanJournal {
   // Removes the journal (it must be lowbit's); says so when it held an interrupted run's work.
   void remove(bool announce) const {
     if (read_if_ours().is_null()) return;
-    if (announce)
-      std::fprintf(stderr, "note: discarding the interrupted run in %s (add --resume to continue it instead)\n",
-                   path_.c_str());
+    if (announce) note_discarding_interrupted_run(path_);
     std::filesystem::remove(path_);
   }
 
