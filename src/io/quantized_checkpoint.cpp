@@ -11,6 +11,7 @@
 #include "util/atomic_file.h"
 #include "util/crash_point.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 
 namespace lowbit {
 
@@ -290,12 +291,15 @@ QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std
   if (spec.scaling() == Scaling::Ggml) {
     const SafetensorsTensor& blocks = weights.tensor(name + ".qblocks");
     expect(blocks, DType::U8, {q.rows, ggml_row_bytes(spec, q.cols)});
-    return from_ggml_blocks(spec, q.rows, q.cols, std::vector<uint8_t>(blocks.data, blocks.data + blocks.nbytes));
+    std::vector<uint8_t> bytes(blocks.data, blocks.data + blocks.nbytes);
+    release_mapped_pages(blocks.data, blocks.nbytes);  // copied: a 7B export would otherwise keep all 4 GB resident
+    return from_ggml_blocks(spec, q.rows, q.cols, std::move(bytes));
   }
   const int64_t slots = num_slots(spec, q.rows, q.cols);
   const SafetensorsTensor& codes = weights.tensor(name + ".qcodes");
   expect(codes, DType::U8, {q.rows, packed_row_bytes(q.cols, spec.bits())});
   q.codes.assign(codes.data, codes.data + codes.nbytes);
+  release_mapped_pages(codes.data, codes.nbytes);
   const SafetensorsTensor& scales = weights.tensor(name + ".qscales");
   q.scales.resize(size_t(slots));
   if (scale_bits(spec) == 16) {
@@ -317,6 +321,7 @@ QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std
     for (uint8_t z : q.zeros)
       if (z > max_code) fail("{}: zero point {} of '{}' out of range for {}", zeros.file, z, name, spec.str());
   }
+  release_mapped_pages(scales.data, scales.nbytes);
   return q;
 }
 

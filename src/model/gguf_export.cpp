@@ -256,12 +256,13 @@ std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t, 
   } else {
     LayerQuantOptions o;  // RTN, or the rounding of a float type
     o.compute_output_error = false;
+    o.keep_dequantized = false;
     std::optional<StoredTensorView> view = t.shape.size() == 2 ? src.get_stored(t.hf) : std::nullopt;
     if (view && gguf_float_type_name(view->dtype) == t.type.str()) {
       bytes.assign(view->data, view->data + view->nbytes);  // already in the planned float type
       release_mapped_pages(view->data, view->nbytes);
     } else if (view && rows_quantized_independently(t.type)) {
-      bytes = quantize_stored_rows(*view, t.type, o, /*keep_dequantized=*/false).q.blocks;  // a tile at a time
+      bytes = quantize_stored_rows(*view, t.type, o).q.blocks;  // a tile at a time
     } else {
       torch::Tensor w = src.get(t.hf);
       if (w.dim() == 1) w = w.view({1, -1});

@@ -38,13 +38,14 @@ void check_ggml_row_length(const FormatSpec& spec, int64_t cols);
 QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options,
                           bool want_tensors = true);
 
-// Plain RTN (no clip search) of a CPU weight onto Q4_0, Q8_0 or Q6_K, block by block in C++ loops
-// straight into ggml's bytes (rtn_direct.cpp): the codes, scales and dequantized values of
-// quantize_rtn, bit for bit (tests/nn/test_gguf_quant.cpp), about 5x faster, for these are what
-// `quantize --format gguf:q4_0` and llama-quantize's common types spend their time on. The weight
-// MSE is summed in another order, so its last digits may differ from quantize_rtn's.
+// Plain RTN (no clip search) of a CPU weight onto Q4_0, Q8_0, Q6_K or a symmetric INT2/4/8
+// format with fp16 scales per group or channel (int4:g128 ...), in vectorized C++ loops straight
+// into the stored bytes (rtn_direct.cpp): the codes, scales and dequantized values of
+// quantize_rtn, bit for bit (tests/nn/test_gguf_quant.cpp), several times faster, for these are
+// what plain `quantize` spends its time on. The weight MSE is summed in another order, so its
+// last digits may differ from quantize_rtn's.
 bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options);
-LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec);
+LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec, bool keep_dequantized = true);
 
 // What GPTQ derives from H alone (dead columns, act_order permutation, the inverse Hessian's
 // Cholesky factor), so that MoFQ factors H once for all its candidates.

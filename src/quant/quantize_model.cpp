@@ -313,10 +313,11 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     FormatSpec spec = gguf_format_for_shape(*format, src.shape(name).back());
     LayerQuantOptions o;
     o.compute_output_error = false;
+    o.keep_dequantized = calibrated;
     // A tile of rows at a time from the stored bytes where the format allows it: a 128256-row
     // embedding is 1 GB as fp32.
     std::optional<StoredTensorView> view = rows_quantized_independently(spec) ? src.get_stored(name) : std::nullopt;
-    LayerQuantResult r = view ? quantize_stored_rows(*view, spec, o, /*keep_dequantized=*/calibrated)
+    LayerQuantResult r = view ? quantize_stored_rows(*view, spec, o)
                               : quantize_layer(src.get(name).contiguous(), spec, o);
     tensors[name] = {{"format", spec.str()}, {"method", "rtn"}, {"shape", {r.q.rows, r.q.cols}},
                      {"bits_per_weight", bits_per_weight(spec, r.q.rows, r.q.cols)}, {"weight_mse", r.weight_mse}};
@@ -426,7 +427,9 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         }
       }
     } else if (candidates.size() == 1) {
-      choice.result = quantize_layer(linear.weight, candidates[0], job.layer, H);
+      LayerQuantOptions o = job.layer;
+      o.keep_dequantized = calibrated;  // the model runs on it; plain RTN only stores the result
+      choice.result = quantize_layer(linear.weight, candidates[0], o, H);
       choice.errors = {job.metric == MofqMetric::OutputError ? choice.result.output_error : choice.result.weight_mse};
     } else {
       choice = choose_format(linear.weight, candidates, job.metric, job.layer, H);

@@ -128,14 +128,16 @@ LayerQuantResult result_of(const torch::Tensor& W, QuantOutcome& r, const LayerQ
 LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
                                 const torch::Tensor& H) {
   if (options.method == QuantMethod::RTN && rtn_direct_applies(W, spec, options.rtn)) {
-    LayerQuantResult out = quantize_rtn_direct(W, spec);
+    LayerQuantResult out = quantize_rtn_direct(W, spec, options.keep_dequantized || H.defined());
     if (H.defined() && options.compute_output_error)
       out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+    if (!options.keep_dequantized) out.dequantized = torch::Tensor();
     return out;
   }
   QuantOutcome r = run(W, spec, options, H);
   LayerQuantResult out = result_of(W, r, options, H);
   out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
+  if (!options.keep_dequantized) out.dequantized = torch::Tensor();
   return out;
 }
 
@@ -193,7 +195,7 @@ bool rows_quantized_independently(const FormatSpec& spec) {
 }
 
 LayerQuantResult quantize_stored_rows(const StoredTensorView& view, const FormatSpec& spec,
-                                      const LayerQuantOptions& options, bool keep_dequantized, int64_t tile_bytes) {
+                                      const LayerQuantOptions& options, int64_t tile_bytes) {
   if (view.shape.size() != 2 || !rows_quantized_independently(spec) || !dtype_is_float16or32(view.dtype))
     fail("internal: quantize_stored_rows of a {}-D {} tensor to {}", view.shape.size(), dtype_name(view.dtype), spec.str());
   const int64_t rows = view.shape[0], cols = view.shape[1];
@@ -214,10 +216,10 @@ LayerQuantResult quantize_stored_rows(const StoredTensorView& view, const Format
     append(out.q.codes, r.q.codes), append(out.q.scales, r.q.scales), append(out.q.zeros, r.q.zeros);
     append(out.q.blocks, r.q.blocks);
     sse += r.weight_mse * double(m * cols);
-    if (keep_dequantized) parts.push_back(r.dequantized);
+    if (options.keep_dequantized) parts.push_back(r.dequantized);
   }
   out.weight_mse = sse / double(rows * cols);
-  if (keep_dequantized) out.dequantized = torch::cat(parts);
+  if (options.keep_dequantized) out.dequantized = torch::cat(parts);
   return out;
 }
 

@@ -55,6 +55,10 @@ struct LayerQuantOptions {
   // With H, also compute output_error: one rows x cols x cols matmul, as much as GPTQ's own
   // updates; turn it off where the number is not needed.
   bool compute_output_error = true;
+  // false: LayerQuantResult::dequantized stays undefined, for callers that only store the result
+  // (plain RTN writes each tensor and drops it); the direct Q4_0/Q8_0/Q6_K path then never
+  // allocates it.
+  bool keep_dequantized = true;
 };
 
 struct LayerQuantResult {
@@ -97,9 +101,9 @@ bool rows_quantized_independently(const FormatSpec& spec);
 
 // RTN of a stored 2-D tensor whose rows are quantized independently (per-channel or per-group
 // scales, GGUF types) a tile of rows (tile_bytes of fp32) at a time: the same codes and scales as
-// quantize_layer on the whole tensor, in a tile's memory. The dequantized tensor only if asked.
+// quantize_layer on the whole tensor, in a tile's memory (the dequantized tensor too, if
+// options.keep_dequantized).
 LayerQuantResult quantize_stored_rows(const StoredTensorView& view, const FormatSpec& spec,
-                                      const LayerQuantOptions& options, bool keep_dequantized,
-                                      int64_t tile_bytes = int64_t(64) << 20);
+                                      const LayerQuantOptions& options, int64_t tile_bytes = int64_t(64) << 20);
 
 }  // namespace lowbit

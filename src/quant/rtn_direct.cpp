@@ -1,5 +1,5 @@
-// Plain RTN onto Q4_0, Q8_0 and Q6_K block by block in C++ loops, straight into ggml's bytes
-// (methods.h). Each step is the float operation quantize_rtn's tensor ops perform
+// Plain RTN onto Q4_0, Q8_0, Q6_K and symmetric INT2/4/8 with fp16 scales per group or channel,
+// block by block in C++ loops, straight into the stored bytes (methods.h). Each step is the float operation quantize_rtn's tensor ops perform
 // (quant/ggml_grid.cpp), in the same order, so codes, scales and dequantized values are the same
 // bits. smax(v) is the signed value of the largest |v|, the first one on ties (torch's argmax).
 //   Q4_0  d = fp16(smax(x) * (1 / -8));  q in -8..7
@@ -7,6 +7,7 @@
 //   Q6_K  per sub-block of 16: s = smax(x) * (1 / -32); per super-block of 256:
 //         d = fp16(smax(s) / -128), sc = clamp(rne(s / d), -128, 127) (0 where d is 0),
 //         step = d * sc; q in -32..31
+//   INT   scale = fp16(max |x| / max) per group; q in -max..max (max = 2^(b-1) - 1)
 //   t = x / step (0 where step is 0); q = clamp(rne(t), grid); value = q * step (+0 for q = 0).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -17,6 +18,8 @@
 #include <limits>
 
 #include "format/ggml_formats.h"
+#include "format/int_format.h"
+#include "format/packing.h"
 #include "io/ggml_blocks.h"
 #include "quant/methods.h"
 #include "util/error.h"
@@ -34,26 +37,27 @@ LOWBIT_INLINE float round_even(float t) { return (t + kRound) - kRound; }
 LOWBIT_INLINE float clamp(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
 LOWBIT_INLINE bool finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
 
-// The loops below run over 8 lanes of independent elements with fixed trip counts, so that the
-// compiler vectorizes them (the functions calling them are built for AVX-512, AVX2 and plain
-// x86-64, chosen at load time); every lane computes what the scalar formula does.
+// The loops below run over 8 lanes of independent elements (and a tail), so that the compiler
+// vectorizes them (the row functions calling them are built for AVX-512, AVX2 and plain x86-64,
+// chosen at load time); every lane computes what the scalar formula does.
 struct Magnitude {
   float abs_max = 0, signed_max = 0;
   bool finite = true;
 };
-template <int N>
-LOWBIT_INLINE Magnitude magnitude(const float* __restrict x) {
+LOWBIT_INLINE Magnitude magnitude(const float* __restrict x, int n) {
   float lane[8] = {};
   uint32_t bad[8] = {};
-  for (int i = 0; i < N; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      uint32_t bits;
-      std::memcpy(&bits, &x[i + k], 4);
-      bits &= 0x7fffffffu;
-      bad[k] |= bits >= 0x7f800000u;  // Inf or NaN
-      const float a = std::fabs(x[i + k]);
-      lane[k] = a > lane[k] ? a : lane[k];
-    }
+  auto visit = [&](int k, float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bad[k] |= (bits & 0x7fffffffu) >= 0x7f800000u;  // Inf or NaN
+    const float a = std::fabs(v);
+    lane[k] = a > lane[k] ? a : lane[k];
+  };
+  const int n8 = n / 8 * 8;
+  for (int i = 0; i < n8; i += 8)
+    for (int k = 0; k < 8; ++k) visit(k, x[i + k]);
+  for (int j = n8; j < n; ++j) visit(j - n8, x[j]);
   float abs_max = 0;
   uint32_t any_bad = 0;
   for (int k = 0; k < 8; ++k) abs_max = lane[k] > abs_max ? lane[k] : abs_max, any_bad |= bad[k];
@@ -65,24 +69,21 @@ LOWBIT_INLINE Magnitude magnitude(const float* __restrict x) {
 
 // Rounds x / step onto [lo, hi] into q, the values back into deq; returns the squared error,
 // summed per lane and then in a fixed order.
-template <int N>
-LOWBIT_INLINE float quantize_run(const float* __restrict x, float step, float lo, float hi, int* __restrict q,
+LOWBIT_INLINE float quantize_run(const float* __restrict x, int n, float step, float lo, float hi, int* __restrict q,
                                  float* __restrict deq) {
-  float err[N];
-  if (step == 0) {
-    for (int j = 0; j < N; ++j) q[j] = 0, deq[j] = 0.0f * step, err[j] = x[j] * x[j];  // step may be -0
-  } else {
-    for (int j = 0; j < N; ++j) {
-      const float v = clamp(round_even(x[j] / step), lo, hi);
-      q[j] = int(v);
-      deq[j] = (v + 0.0f) * step;  // +0 for q = 0, as the grid's decoded value
-      const float e = deq[j] - x[j];
-      err[j] = e * e;
-    }
-  }
   float lane[8] = {};
-  for (int i = 0; i < N; i += 8)
-    for (int k = 0; k < 8; ++k) lane[k] += err[i + k];
+  auto visit = [&](int k, int j) {
+    // A zero step (step may be -0) quantizes everything to 0.
+    const float v = step == 0 ? 0.0f : clamp(round_even(x[j] / step), lo, hi);
+    q[j] = int(v);
+    deq[j] = (v + 0.0f) * step;  // +0 for q = 0, as the grid's decoded value
+    const float e = deq[j] - x[j];
+    lane[k] += e * e;
+  };
+  const int n8 = n / 8 * 8;
+  for (int i = 0; i < n8; i += 8)
+    for (int k = 0; k < 8; ++k) visit(k, i + k);
+  for (int j = n8; j < n; ++j) visit(j - n8, j);
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
@@ -94,13 +95,13 @@ Fault quantize_row_32(GGMLType type, const float* x, int64_t cols, float* deq, u
   const bool q4 = type == GGMLType::Q4_0;
   const size_t block_bytes = q4 ? 18 : 34;
   for (int64_t b = 0; b < cols / 32; ++b, x += 32, deq += 32, out += block_bytes) {
-    const Magnitude m = magnitude<32>(x);
+    const Magnitude m = magnitude(x, 32);
     if (!m.finite) return Fault::NonFinite;
     const uint16_t d16 = float_to_fp16(q4 ? m.signed_max * (1.0f / -8.0f) : m.abs_max * (1.0f / 127.0f));
     const float d = fp16_to_float(d16);
     if (!finite(d)) return Fault::Overflow;
     int q[32];
-    sse += quantize_run<32>(x, d, q4 ? -8.0f : -127.0f, q4 ? 7.0f : 127.0f, q, deq);
+    sse += quantize_run(x, 32, d, q4 ? -8.0f : -127.0f, q4 ? 7.0f : 127.0f, q, deq);
     out[0] = uint8_t(d16 & 0xFF), out[1] = uint8_t(d16 >> 8);
     if (q4)
       for (int j = 0; j < 16; ++j) out[2 + j] = uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4));
@@ -121,11 +122,11 @@ Fault quantize_row_q6_k(const float* x, int64_t cols, float* deq, uint8_t* out, 
     const float* xs = x + s * 256;
     float sub[16];
     for (int i = 0; i < 16; ++i) {
-      const Magnitude m = magnitude<16>(xs + 16 * i);
+      const Magnitude m = magnitude(xs + 16 * i, 16);
       if (!m.finite) return Fault::NonFinite;
       sub[i] = m.signed_max * (1.0f / -32.0f);
     }
-    const uint16_t d16 = float_to_fp16(magnitude<16>(sub).signed_max / -128.0f);
+    const uint16_t d16 = float_to_fp16(magnitude(sub, 16).signed_max / -128.0f);
     const float d = fp16_to_float(d16);
     if (!finite(d)) return Fault::Overflow;
     b.d[size_t(s)] = d16;
@@ -133,7 +134,7 @@ Fault quantize_row_q6_k(const float* x, int64_t cols, float* deq, uint8_t* out, 
       const float sc = d == 0 ? 0.0f : clamp(round_even(sub[i] / d), -128.0f, 127.0f) + 0.0f;
       b.sub_scale[size_t(16 * s + i)] = uint8_t(int8_t(int(sc)));
       const int64_t at = s * 256 + 16 * i;
-      sse += quantize_run<16>(x + at, d * sc, -32.0f, 31.0f, q, deq + at);
+      sse += quantize_run(x + at, 16, d * sc, -32.0f, 31.0f, q, deq + at);
       for (int j = 0; j < 16; ++j) b.q[size_t(at + j)] = uint8_t(q[j] + 32);
     }
   }
@@ -141,41 +142,87 @@ Fault quantize_row_q6_k(const float* x, int64_t cols, float* deq, uint8_t* out, 
   return Fault::None;
 }
 
+// One row of a symmetric integer format with fp16 scales per group of g (g = cols: per channel):
+// scale = fp16(max |x| / max), one per group into scales; codes (two's complement, mask bits)
+// packed as packing.h into out.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+Fault quantize_row_int(const float* x, int64_t cols, int64_t g, int bits, float* deq, float* scales, int* q,
+                       uint8_t* out, double& sse) {
+  const float max = float((1 << (bits - 1)) - 1);  // the restricted range: -max .. max
+  for (int64_t c0 = 0, s = 0; c0 < cols; c0 += g, ++s) {
+    const int n = int(std::min(g, cols - c0));
+    const Magnitude m = magnitude(x + c0, n);
+    if (!m.finite) return Fault::NonFinite;
+    const float scale = fp16_to_float(float_to_fp16(m.abs_max / max));
+    if (!finite(scale)) return Fault::Overflow;
+    scales[s] = scale;
+    sse += quantize_run(x + c0, n, scale, -max, max, q + c0, deq + c0);
+  }
+  const int mask = (1 << bits) - 1, per_byte = 8 / bits;
+  for (int64_t c = 0; c < cols; c += per_byte) {
+    uint8_t byte = 0;
+    for (int k = 0; k < per_byte && c + k < cols; ++k) byte |= uint8_t((q[c + k] & mask) << (k * bits));
+    out[c / per_byte] = byte;
+  }
+  return Fault::None;
+}
+
+// Symmetric integers of 2, 4 or 8 bits (whole codes per byte) with fp16 scales per group or channel.
+bool plain_symmetric_int(const FormatSpec& spec) {
+  if (spec.scaling() != Scaling::Plain || spec.asymmetric) return false;
+  if (spec.granularity != Granularity::Group && spec.granularity != Granularity::Channel) return false;
+  const int b = spec.bits();
+  return (b == 2 || b == 4 || b == 8) && &spec.codec() == &int_codec(b, true);
+}
+
 }  // namespace
 
 bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options) {
-  if (options.clip_search || spec.scaling() != Scaling::Ggml || !W.is_cpu() || W.dim() != 2) return false;
+  if (options.clip_search || !W.is_cpu() || W.dim() != 2) return false;
+  if (plain_symmetric_int(spec)) return true;
+  if (spec.scaling() != Scaling::Ggml) return false;
   const GGMLType t = ggml_type_of(spec);
   return t == GGMLType::Q4_0 || t == GGMLType::Q8_0 || t == GGMLType::Q6_K;
 }
 
-LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec) {
+LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec, bool keep_dequantized) {
   if (W.dim() != 2 || W.numel() == 0) fail("quantize: expected a non-empty 2-D weight matrix");
   torch::NoGradGuard no_grad;
   const torch::Tensor w = W.to(torch::kFloat32).contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
   check_ggml_row_length(spec, cols);
-  const GGMLType type = ggml_type_of(spec);
-  const size_t row_bytes = size_t(ggml_row_bytes(spec, cols));
+  const bool ggml = spec.scaling() == Scaling::Ggml;
+  if (!ggml && !plain_symmetric_int(spec)) fail("internal: no direct RTN for {}", spec.str());
+  const GGMLType type = ggml ? ggml_type_of(spec) : GGMLType::F32;
+  const size_t row_bytes = size_t(ggml ? ggml_row_bytes(spec, cols) : packed_row_bytes(cols, spec.bits()));
+  const int64_t group = spec.granularity == Granularity::Group ? spec.group_size : cols;
+  const int64_t spr = ggml ? 0 : slots_per_row(spec, cols);
 
   LayerQuantResult out;
-  out.dequantized = torch::empty({rows, cols}, torch::kFloat32);
+  if (keep_dequantized) out.dequantized = torch::empty({rows, cols}, torch::kFloat32);
   std::vector<uint8_t> bytes(size_t(rows) * row_bytes);
+  std::vector<float> scales(size_t(rows * spr));
   std::vector<double> row_sse(static_cast<size_t>(rows));
   std::atomic<int> fault{int(Fault::None)};
   const float* x = w.data_ptr<float>();
-  float* deq = out.dequantized.data_ptr<float>();
+  float* deq_all = keep_dequantized ? out.dequantized.data_ptr<float>() : nullptr;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_values(deq_all ? 0 : size_t(cols));  // the values, when not kept
+    std::vector<int> row_q(ggml ? 0 : size_t(cols));
     for (int64_t r = begin; r < end && fault == int(Fault::None); ++r) {
       double sse = 0;
       uint8_t* o = bytes.data() + size_t(r) * row_bytes;
-      Fault f = type == GGMLType::Q6_K ? quantize_row_q6_k(x + r * cols, cols, deq + r * cols, o, sse)
-                                       : quantize_row_32(type, x + r * cols, cols, deq + r * cols, o, sse);
+      float* deq = deq_all ? deq_all + r * cols : row_values.data();
+      const float* xr = x + r * cols;
+      Fault f = !ggml                     ? quantize_row_int(xr, cols, group, spec.bits(), deq, &scales[size_t(r * spr)],
+                                                             row_q.data(), o, sse)
+                : type == GGMLType::Q6_K ? quantize_row_q6_k(xr, cols, deq, o, sse)
+                                         : quantize_row_32(type, xr, cols, deq, o, sse);
       if (f != Fault::None) fault = int(f);
       row_sse[size_t(r)] = sse;
     }
   });
-  // The tensor path's words (quant/ggml_grid.cpp check_finite).
+  // The tensor path's words (quant/grid.cpp and quant/ggml_grid.cpp check_finite).
   if (fault != int(Fault::None)) {
     if (!torch::isfinite(w).all().item<bool>()) fail("only finite weights can be quantized");
     fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), w.abs().max().item<float>());
@@ -183,7 +230,13 @@ LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& s
   double sse = 0;
   for (double s : row_sse) sse += s;  // in row order: the same on any number of threads
   out.weight_mse = sse / double(rows * cols);
-  out.q = from_ggml_blocks(spec, rows, cols, std::move(bytes));
+  if (ggml) {
+    out.q = from_ggml_blocks(spec, rows, cols, std::move(bytes));
+  } else {
+    out.q.spec = spec, out.q.rows = rows, out.q.cols = cols;
+    out.q.codes = std::move(bytes);
+    out.q.scales = std::move(scales);
+  }
   return out;
 }
 

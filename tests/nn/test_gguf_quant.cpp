@@ -180,7 +180,7 @@ TEST(GgufQuant, RowLengthTheTypeCannotHoldIsAnError) {
                    to_vector(w.to(torch::kFloat16).to(torch::kFloat32)), "f16 fallback");
 }
 
-// The C++ loop behind plain RTN onto Q4_0, Q8_0 and Q6_K (quant/rtn_direct.cpp) against the tensor
+// The C++ loop behind plain RTN onto Q4_0, Q8_0, Q6_K and symmetric INT (quant/rtn_direct.cpp) against the tensor
 // path it replaces (quantize_rtn), on weights built to hit every edge: ties at half steps, equal
 // magnitudes of both signs (the first one sets Q4_0's sign), -0, fp16-subnormal and zero scales.
 TEST(GgufQuant, DirectRtnIsTheTensorPathBitForBit) {
@@ -212,12 +212,33 @@ TEST(GgufQuant, DirectRtnIsTheTensorPathBitForBit) {
     LayerQuantResult via_layer = quantize(w, name, QuantMethod::RTN);
     EXPECT_EQ(via_layer.q.blocks, direct.q.blocks) << name;
     expect_same_bits(dequantize(direct.q), to_vector(direct.dequantized), name);
+    // Without the dequantized tensor: the same bytes and error.
+    LayerQuantResult lean = quantize_rtn_direct(w, spec, /*keep_dequantized=*/false);
+    EXPECT_FALSE(lean.dequantized.defined()) << name;
+    EXPECT_EQ(lean.q.blocks, direct.q.blocks) << name;
+    EXPECT_EQ(lean.weight_mse, direct.weight_mse) << name;
   }
+  // Symmetric integers with fp16 scales per group (a partial last one in int4:g100) or channel.
+  for (const char* name : {"int4:g128", "int4:g100", "int2:g64", "int8:channel", "int8:g32"}) {
+    const FormatSpec spec = FormatSpec::parse(name);
+    ASSERT_TRUE(rtn_direct_applies(w, spec, RtnOptions{})) << name;
+    LayerQuantResult direct = quantize_rtn_direct(w, spec);
+    QuantOutcome ref = quantize_rtn(w, spec, RtnOptions{});
+    expect_same_bits(to_vector(direct.dequantized), to_vector(ref.dequantized), name);
+    expect_same_bits(direct.q.scales, to_vector(ref.scale), std::string(name) + " scales");
+    torch::Tensor codes = ref.codes.to(torch::kInt32).bitwise_and((1 << spec.bits()) - 1).to(torch::kUInt8).contiguous();
+    EXPECT_EQ(unpack_codes(direct.q.codes.data(), w.size(0), w.size(1), spec.bits()),
+              std::vector<uint8_t>(codes.data_ptr<uint8_t>(), codes.data_ptr<uint8_t>() + codes.numel())) << name;
+    EXPECT_NEAR(direct.weight_mse, ref.squared_error / double(w.numel()), 1e-6 * direct.weight_mse) << name;
+    expect_same_bits(dequantize(direct.q), to_vector(direct.dequantized), name);
+  }
+  EXPECT_FALSE(rtn_direct_applies(w, FormatSpec::parse("int3:g128"), RtnOptions{}));  // codes across bytes
+  EXPECT_FALSE(rtn_direct_applies(w, FormatSpec::parse("int4:g128:asym"), RtnOptions{}));
   // What the tensor path refuses, the loop refuses with the same words.
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), 1e9f}) {
     torch::Tensor v = torch::zeros({2, 256});
     v[1][33] = bad;
-    for (const char* name : {"gguf:q4_0", "gguf:q8_0", "gguf:q6_k"}) {
+    for (const char* name : {"gguf:q4_0", "gguf:q8_0", "gguf:q6_k", "int4:g128", "int8:channel"}) {
       std::string direct, ref;
       try { quantize_rtn_direct(v, FormatSpec::parse(name)); } catch (const Error& e) { direct = e.what(); }
       try { quantize_rtn(v, FormatSpec::parse(name), RtnOptions{}); } catch (const Error& e) { ref = e.what(); }

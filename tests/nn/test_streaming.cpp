@@ -152,7 +152,7 @@ TEST(Streaming, EmbeddingQuantizedByRowTilesEqualsTheWholeTensor) {
     LayerQuantOptions o;
     o.compute_output_error = false;
     LayerQuantResult whole = quantize_layer(exact, spec, o);
-    LayerQuantResult tiled = quantize_stored_rows(view, spec, o, /*keep_dequantized=*/true, /*tile_bytes=*/5 * 256 * 4);
+    LayerQuantResult tiled = quantize_stored_rows(view, spec, o, /*tile_bytes=*/5 * 256 * 4);
     EXPECT_EQ(tiled.q.codes, whole.q.codes) << spec_text;
     EXPECT_EQ(tiled.q.scales, whole.q.scales) << spec_text;
     EXPECT_EQ(tiled.q.zeros, whole.q.zeros) << spec_text;
