@@ -1,7 +1,8 @@
 // Plain RTN onto Q4_0, Q8_0, Q6_K and symmetric INT2/4/8 with fp16 scales per group or channel,
-// block by block in C++ loops, straight into the stored bytes (methods.h). Each step is the float operation quantize_rtn's tensor ops perform
-// (quant/ggml_grid.cpp), in the same order, so codes, scales and dequantized values are the same
-// bits. smax(v) is the signed value of the largest |v|, the first one on ties (torch's argmax).
+// block by block in C++ loops, straight into the stored bytes (methods.h). Each step is the float
+// operation quantize_rtn's tensor ops perform (quant/grid.cpp, quant/ggml_grid.cpp), in the same
+// order, so codes, scales and dequantized values are the same bits. smax(v) is the signed value
+// of the largest |v|, the first one on ties (torch's argmax).
 //   Q4_0  d = fp16(smax(x) * (1 / -8));  q in -8..7
 //   Q8_0  d = fp16(max |x| * (1 / 127)); q in -127..127
 //   Q6_K  per sub-block of 16: s = smax(x) * (1 / -32); per super-block of 256:
@@ -30,7 +31,8 @@ namespace lowbit {
 namespace {
 
 // Adding and subtracting 1.5 * 2^23 rounds a float to an integer, half to even, for |t| < 2^22
-// (every ratio here is below 2^8), in two plain additions the compiler keeps.
+// (every ratio here is at most a few times the grid's end), in two plain additions the compiler
+// keeps.
 constexpr float kRound = 12582912.0f;
 #define LOWBIT_INLINE inline __attribute__((always_inline))
 LOWBIT_INLINE float round_even(float t) { return (t + kRound) - kRound; }
