@@ -29,9 +29,7 @@ using torch::Tensor;
 Tensor to_fp16_value(const Tensor& t) { return t.to(torch::kFloat16).to(torch::kFloat32); }
 
 void check_finite(const FormatSpec& spec, const Tensor& stored, const Tensor& x) {
-  if (torch::isfinite(stored).all().item<bool>()) return;
-  if (!torch::isfinite(x).all().item<bool>()) fail("only finite weights can be quantized");
-  fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), x.abs().max().item<float>());
+  if (!torch::isfinite(stored).all().item<bool>()) fail_unstorable_scale(spec, x);
 }
 
 // x ([..., block]) viewed as [..., sub-blocks, sub-block], for the K types' sub-block scales.

@@ -207,10 +207,13 @@ float FormatGrid::tensor_scale(const Tensor& w) const {
 }
 
 // Non-finite scales come from non-finite weights or fp16 overflow; say which, like the reference.
+void fail_unstorable_scale(const FormatSpec& spec, const Tensor& magnitudes) {
+  if (!torch::isfinite(magnitudes).all().item<bool>()) fail("only finite weights can be quantized");
+  fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), magnitudes.abs().max().item<float>());
+}
+
 void FormatGrid::check_finite(const Tensor& scale, const Tensor& amax) const {
-  if (torch::isfinite(scale).all().item<bool>()) return;
-  if (!torch::isfinite(amax).all().item<bool>()) fail("only finite weights can be quantized");
-  fail("{}: a scale is beyond fp16's range (weights up to {})", spec_.str(), amax.max().item<float>());
+  if (!torch::isfinite(scale).all().item<bool>()) fail_unstorable_scale(spec_, amax);
 }
 
 SlotParams FormatGrid::fit(const Tensor& x, float clip, float tensor_scale, int64_t dim) const {

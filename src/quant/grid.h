@@ -64,6 +64,10 @@ struct SlotParams {
   torch::Tensor sub_min;    // Q4_K: sub-block mins 0..63
 };
 
+// Why a scale could not be stored, in the same words on every quantizer path: non-finite
+// weights, or a scale beyond fp16 ("weights up to" the largest of |magnitudes|).
+[[noreturn]] void fail_unstorable_scale(const FormatSpec& spec, const torch::Tensor& magnitudes);
+
 class FormatGrid {
  public:
   FormatGrid(const FormatSpec& spec, torch::Device device);

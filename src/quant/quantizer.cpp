@@ -127,16 +127,16 @@ LayerQuantResult result_of(const torch::Tensor& W, QuantOutcome& r, const LayerQ
 
 LayerQuantResult quantize_layer(const torch::Tensor& W, const FormatSpec& spec, const LayerQuantOptions& options,
                                 const torch::Tensor& H) {
+  LayerQuantResult out;
   if (options.method == QuantMethod::RTN && rtn_direct_applies(W, spec, options.rtn)) {
-    LayerQuantResult out = quantize_rtn_direct(W, spec, options.keep_dequantized || H.defined());
-    if (H.defined() && options.compute_output_error)
-      out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
-    if (!options.keep_dequantized) out.dequantized = torch::Tensor();
-    return out;
+    const bool wants_error = H.defined() && options.compute_output_error;
+    out = quantize_rtn_direct(W, spec, options.keep_dequantized || wants_error);
+    if (wants_error) out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+  } else {
+    QuantOutcome r = run(W, spec, options, H);
+    out = result_of(W, r, options, H);
+    out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
   }
-  QuantOutcome r = run(W, spec, options, H);
-  LayerQuantResult out = result_of(W, r, options, H);
-  out.q = to_quantized_tensor(spec, W.size(0), W.size(1), r);
   if (!options.keep_dequantized) out.dequantized = torch::Tensor();
   return out;
 }

@@ -224,11 +224,7 @@ LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& s
       row_sse[size_t(r)] = sse;
     }
   });
-  // The tensor path's words (quant/grid.cpp and quant/ggml_grid.cpp check_finite).
-  if (fault != int(Fault::None)) {
-    if (!torch::isfinite(w).all().item<bool>()) fail("only finite weights can be quantized");
-    fail("{}: a scale is beyond fp16's range (weights up to {})", spec.str(), w.abs().max().item<float>());
-  }
+  if (fault != int(Fault::None)) fail_unstorable_scale(spec, w);
   double sse = 0;
   for (double s : row_sse) sse += s;  // in row order: the same on any number of threads
   out.weight_mse = sse / double(rows * cols);
