@@ -17,7 +17,8 @@ TIMEOUT=${TIMEOUT:-7200}
 THREADS=${THREADS:-$(nproc)}
 A=../shared/assets
 LB="$BUILD/lowbit"
-cmake --build "$BUILD" --target lowbit gen_checkpoint -j2 >/dev/null
+# NO_BUILD=1: run the binaries in BUILD as they are (e.g. a copy, while the sources change).
+[[ -n "${NO_BUILD:-}" ]] || cmake --build "$BUILD" --target lowbit gen_checkpoint -j2 >/dev/null
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 work=$(mktemp -d "$SCRATCH/lowbit-scale.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -137,16 +137,56 @@ void ActivationStore::load(const std::string& path) {
   ::close(fd);
 }
 
+ScratchTensors::ScratchTensors(const std::string& spill_dir) : spill_dir_(spill_dir) {
+  if (!spill_dir.empty()) fd_ = open_scratch_file(spill_dir);
+}
+
+ScratchTensors::~ScratchTensors() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void ScratchTensors::put(const std::string& name, const torch::Tensor& t) {
+  if (entries_.count(name)) fail("internal: {} is parked twice", name);
+  Entry e;
+  e.shape = t.sizes().vec();
+  e.dtype = t.scalar_type();
+  torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+  const uint64_t n = uint64_t(c.numel()) * c.element_size();
+  if (fd_ < 0) {
+    e.ram = c.clone();
+  } else {
+    e.offset = bytes_;
+    pwrite_all(fd_, c.data_ptr(), size_t(n), e.offset, fmt::format("a scratch file in {}", spill_dir_));
+  }
+  bytes_ += n;
+  entries_.emplace(name, std::move(e));
+}
+
+torch::Tensor ScratchTensors::get(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) fail("internal: nothing parked as {}", name);
+  const Entry& e = it->second;
+  if (fd_ < 0) return e.ram;
+  torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
+  pread_all(fd_, t.data_ptr(), size_t(t.numel()) * t.element_size(), e.offset, "a scratch file");
+  return t;
+}
+
 ActivationPlan plan_activations(int64_t windows, int64_t seqlen, int64_t hidden, int count, int64_t budget_bytes,
-                                const std::string& spill_dir) {
+                                const std::string& spill_dir, const std::string& title, const std::string& parts) {
   const uint64_t one = uint64_t(windows) * uint64_t(seqlen) * uint64_t(hidden) * 4;
   ActivationPlan p;
   p.in_ram = budget_bytes < 0 || one * uint64_t(count) <= uint64_t(budget_bytes);
+  p.spill_dir = spill_dir;
   std::string where = p.in_ram ? "in RAM" : fmt::format("on disk in {}", spill_dir);
   if (budget_bytes >= 0) where += fmt::format(" (budget {})", gib(uint64_t(budget_bytes)));
-  p.line = fmt::format("calibration: {}×{} tokens × {} = {} fp32{}, {}", windows, seqlen, hidden, gib(one),
-                       count > 1 ? fmt::format(", ×{} (block inputs and attention outputs)", count) : "", where);
+  p.line = fmt::format("{}: {}×{} tokens × {} = {} fp32{}, {}", title, windows, seqlen, hidden, gib(one),
+                       count > 1 ? fmt::format(", ×{} ({})", count, parts) : "", where);
   return p;
+}
+
+std::string scratch_dir_or_temp(const std::string& spill_dir) {
+  return spill_dir.empty() ? std::filesystem::temp_directory_path().string() : spill_dir;
 }
 
 }  // namespace lowbit

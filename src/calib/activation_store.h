@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,14 +47,49 @@ class ActivationStore {
   uint64_t offset_of(int64_t b) const { return uint64_t(b) * uint64_t(batch_) * uint64_t(window_floats()) * 4; }
 };
 
+// Named tensors parked until needed (per-layer state of a whole-model pass: outlier masks, the
+// Fisher diagonal), in RAM or, with a spill_dir, in an unlinked scratch file there; get() gives
+// back the same dtype, shape and bytes on the CPU. Each name is stored once.
+class ScratchTensors {
+ public:
+  explicit ScratchTensors(const std::string& spill_dir = "");
+  ~ScratchTensors();
+  ScratchTensors(const ScratchTensors&) = delete;
+  ScratchTensors& operator=(const ScratchTensors&) = delete;
+
+  void put(const std::string& name, const torch::Tensor& t);
+  torch::Tensor get(const std::string& name) const;  // Error naming it if absent
+  bool contains(const std::string& name) const { return entries_.count(name) > 0; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  struct Entry {
+    torch::Tensor ram;  // when in RAM
+    uint64_t offset = 0;
+    std::vector<int64_t> shape;
+    c10::ScalarType dtype = c10::ScalarType::Float;
+  };
+  std::map<std::string, Entry> entries_;
+  int fd_ = -1;
+  uint64_t bytes_ = 0;
+  std::string spill_dir_;
+};
+
 // Whether `count` stores of this size fit `budget_bytes` in RAM (budget < 0: always), and the
 // one line that says where they are held, e.g. "calibration: 128×2048 tokens × 4096 = 4.0 GiB
-// fp32, ×2 (block inputs and attention outputs), on disk in /tmp (budget 3.0 GiB)".
+// fp32, ×2 (block inputs and attention outputs), on disk in /tmp (budget 3.0 GiB)"; `title` and
+// `parts` name the use ("calibration", "block inputs and attention outputs").
 struct ActivationPlan {
   bool in_ram = true;
   std::string line;
+  std::string dir() const { return in_ram ? "" : spill_dir; }  // for ActivationStore
+  std::string spill_dir;
 };
 ActivationPlan plan_activations(int64_t windows, int64_t seqlen, int64_t hidden, int count, int64_t budget_bytes,
-                                const std::string& spill_dir);
+                                const std::string& spill_dir, const std::string& title = "calibration",
+                                const std::string& parts = "block inputs and attention outputs");
+
+// spill_dir, or the system's temporary directory when it is empty.
+std::string scratch_dir_or_temp(const std::string& spill_dir);
 
 }  // namespace lowbit

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <filesystem>
 
 #include "util/error.h"
 #include "util/progress.h"
@@ -123,10 +122,9 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
   const int layers = model.config().num_layers;
   if (opt.first_block < 0 || opt.first_block > layers) fail("internal: resume at block {} of {}", opt.first_block, layers);
 
-  const std::string spill_dir = opt.spill_dir.empty() ? std::filesystem::temp_directory_path().string() : opt.spill_dir;
-  ActivationPlan plan = plan_activations(n, seqlen, hidden, 2, opt.activation_budget_bytes, spill_dir);
+  ActivationPlan plan = plan_activations(n, seqlen, hidden, 2, opt.activation_budget_bytes, scratch_dir_or_temp(opt.spill_dir));
   if (opt.progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
-  const std::string dir = plan.in_ram ? "" : spill_dir;
+  const std::string dir = plan.dir();
   ActivationStore xs(n, seqlen, hidden, batch, model.device(), dir), ctxs(n, seqlen, hidden, batch, model.device(), dir);
   if (opt.first_block > 0) {
     xs.load(opt.first_inputs);
@@ -144,7 +142,8 @@ void quantize_sequentially(LlamaModel& model, const torch::Tensor& calib_tokens,
       progress.update(++done, fmt::format("layer {}/{} {}", l + 1, layers,
                                           name.substr(from, name.size() - from - std::string_view(".weight").size())));
     });
-    if (opt.release_blocks) model.release_layer(l);
+    if (opt.after_block == SequentialOptions::AfterBlock::Release) model.release_layer(l);
+    if (opt.after_block == SequentialOptions::AfterBlock::Unpin) model.unpin_layer(l);
     if (opt.block_done) opt.block_done(l, xs);
   }
   progress.finish();

@@ -31,9 +31,13 @@ struct SequentialOptions {
   int64_t input_sample_rows = 0;  // rows of raw inputs to keep (weight+activation format choice)
   int batch = 8;                  // calibration samples per forward pass
   bool progress = true;
-  // Drop each block once its outputs are computed (LlamaModel::release_layer): a driver that
-  // writes each block as it finishes holds one block at a time, not the whole quantized model.
-  bool release_blocks = false;
+  // What becomes of each block once its outputs are computed:
+  //   Keep     pinned, as the callback left it (the model is used quantized afterwards);
+  //   Unpin    droppable again (LlamaModel::unpin_layer): the callback put its weights back;
+  //   Release  dropped for good (LlamaModel::release_layer): a driver that writes each block as
+  //            it finishes holds one block at a time, not the whole quantized model.
+  enum class AfterBlock { Keep, Unpin, Release };
+  AfterBlock after_block = AfterBlock::Keep;
   // The calibration activations (two stores: block inputs and attention outputs) stay in RAM
   // within this many bytes (< 0: always), else in a scratch file in spill_dir (default: the
   // system's temporary directory). Either way the results are the same.

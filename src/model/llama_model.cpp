@@ -35,6 +35,8 @@ Linear& DecoderLayer::linear(const std::string& n) {
   fail("unknown linear layer '{}'", n);
 }
 
+const Linear& DecoderLayer::linear(const std::string& n) const { return const_cast<DecoderLayer&>(*this).linear(n); }
+
 torch::Tensor rope_inverse_frequencies(const ModelConfig& c) {
   auto opts = torch::TensorOptions().dtype(torch::kFloat64);
   torch::Tensor inv = 1.0 / torch::pow(c.rope_theta, torch::arange(0, c.head_dim, 2, opts) / c.head_dim);
@@ -206,6 +208,17 @@ DecoderLayer& LlamaModel::layer(int l) {
   return layers_[l];
 }
 
+void LlamaModel::unpin_layer(int l) {
+  if (!is_pinned(l)) return;
+  state_[l] = BlockState::Held;
+  held_order_.push_back(l);  // most recently used
+}
+
+bool LlamaModel::is_pinned(int l) const {
+  if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
+  return state_[l] == BlockState::Pinned;
+}
+
 void LlamaModel::release_layer(int l) {
   if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
   auto it = std::find(held_order_.begin(), held_order_.end(), l);
@@ -343,26 +356,64 @@ torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t 
   return mlp_residual(li, r, mlp_hidden(li, mlp_norm(li, r)));
 }
 
+namespace {
+
+// h [n, H] times the stored head [V, H] transposed, a tile of vocabulary rows converted at a time.
+torch::Tensor stored_head_logits(const StoredTensorView& w, const torch::Tensor& h) {
+  const int64_t V = w.shape[0], H = w.shape[1];
+  const size_t row_bytes = size_t(H) * dtype_size(w.dtype);
+  torch::Tensor logits = torch::empty({h.size(0), V}, h.options());
+  torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
+  for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
+    const int64_t n = std::min(kHeadTileRows, V - r0);
+    to_float(w.dtype, w.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
+    logits.narrow(1, r0, n).copy_(torch::matmul(h, tile.narrow(0, 0, n).to(h.device()).t()));
+  }
+  return logits;
+}
+
+// g [n, V] times the stored head: the gradient of stored_head_logits with respect to h.
+torch::Tensor stored_head_input_grad(const StoredTensorView& w, const torch::Tensor& g) {
+  const int64_t V = w.shape[0], H = w.shape[1];
+  const size_t row_bytes = size_t(H) * dtype_size(w.dtype);
+  torch::Tensor grad = torch::zeros({g.size(0), H}, g.options());
+  torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
+  for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
+    const int64_t n = std::min(kHeadTileRows, V - r0);
+    to_float(w.dtype, w.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
+    grad.addmm_(g.narrow(1, r0, n), tile.narrow(0, 0, n).to(g.device()));
+  }
+  return grad;
+}
+
+// The stored head as an autograd node: its backward re-reads the tiles instead of keeping them
+// (a graph through plain matmuls would hold the whole head in fp32, or alias one reused tile).
+struct StoredHeadFunction : torch::autograd::Function<StoredHeadFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h, const StoredTensorView* w) {
+    ctx->saved_data["w"] = reinterpret_cast<int64_t>(w);
+    return stored_head_logits(*w, h);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto* w = reinterpret_cast<const StoredTensorView*>(ctx->saved_data["w"].toInt());
+    return {stored_head_input_grad(*w, g[0].contiguous()), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor LlamaModel::head(const torch::Tensor& x) const {
   torch::Tensor h = rms_norm(x, final_norm_);
   if (lm_head_.weight.defined()) return lm_head_(h);
   // The stored head (or tied embedding), converted a tile of vocabulary rows at a time.
   const std::string name = src_->has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
-  const StoredTensorView view = *src_->get_stored(name);
-  const int64_t V = config_.vocab_size, H = config_.hidden_size;
-  const size_t row_bytes = size_t(H) * dtype_size(view.dtype);
+  if (!stored_head_) stored_head_ = std::make_unique<StoredTensorView>(*src_->get_stored(name));
   std::vector<int64_t> shape = h.sizes().vec();
-  shape.back() = V;
-  torch::Tensor logits = torch::empty(shape, h.options());
-  torch::Tensor flat_h = h.reshape({-1, H}), flat = logits.view({-1, V});
-  torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
-  for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
-    const int64_t n = std::min(kHeadTileRows, V - r0);
-    to_float(view.dtype, view.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
-    torch::Tensor w = tile.narrow(0, 0, n).to(device_);
-    flat.narrow(1, r0, n).copy_(torch::matmul(flat_h, w.t()));
-  }
-  return logits;
+  shape.back() = config_.vocab_size;
+  const torch::Tensor flat_h = h.reshape({-1, config_.hidden_size});
+  torch::Tensor logits = torch::GradMode::is_enabled() && flat_h.requires_grad()
+                             ? StoredHeadFunction::apply(flat_h, stored_head_.get())
+                             : stored_head_logits(*stored_head_, flat_h);
+  return logits.view(shape);
 }
 
 KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {

@@ -29,6 +29,7 @@ struct DecoderLayer {
   // The seven linears by their HF short names ("self_attn.q_proj", ..., "mlp.down_proj").
   static const std::vector<std::string>& linear_names();
   Linear& linear(const std::string& short_name);
+  const Linear& linear(const std::string& short_name) const;
 };
 
 // Per-layer key/value cache for incremental decoding. Keys are stored after RoPE.
@@ -86,6 +87,10 @@ class LlamaModel {
   // dropped and re-read behind its back; release_layer() ends that.
   const DecoderLayer& layer(int l) const { return resident(l); }
   DecoderLayer& layer(int l);
+  // Ends the pin of layer(l) for a caller that has put back everything it changed: the block may
+  // be dropped again and re-read from the checkpoint (a no-op for a block not pinned).
+  void unpin_layer(int l);
+  bool is_pinned(int l) const;
   // Drops block `l` for good (a driver that has finished with it); using it again is an error.
   void release_layer(int l);
   // Every block, materialized and pinned (tests and small models).
@@ -105,6 +110,7 @@ class LlamaModel {
   ModelMemory memory_;
   torch::Tensor embed_tokens_, final_norm_;  // embed_tokens_ only once materialized
   Linear lm_head_;                          // weight only once materialized (or untied and not stored)
+  mutable std::unique_ptr<StoredTensorView> stored_head_;  // else the head's bytes in the memory map
   mutable std::vector<DecoderLayer> layers_;
   mutable std::vector<BlockState> state_;
   mutable std::vector<int> held_order_;  // Held blocks, least recently used first

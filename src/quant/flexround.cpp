@@ -5,8 +5,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <memory>
 #include <random>
 
+#include "calib/activation_store.h"
 #include "calib/sequential.h"
 #include "quant/grid.h"
 #include "util/error.h"
@@ -187,12 +190,12 @@ class Batches {
     for (int64_t i = 0; i < n; ++i) order_.push_back(i);
     pos_ = n;  // shuffle on first use
   }
-  Tensor next() {
+  std::vector<int64_t> next_indices() {
     if (pos_ + batch_ > n_) {
       for (int64_t i = n_ - 1; i > 0; --i) std::swap(order_[i], order_[rng_() % uint64_t(i + 1)]);
       pos_ = 0;
     }
-    Tensor idx = torch::tensor(std::vector<int64_t>(order_.begin() + pos_, order_.begin() + pos_ + batch_), torch::kLong);
+    std::vector<int64_t> idx(order_.begin() + pos_, order_.begin() + pos_ + batch_);
     pos_ += batch_;
     return idx;
   }
@@ -244,7 +247,8 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens, c
 
 FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
                                 const std::function<FormatSpec(const std::string&)>& format_of,
-                                const FlexRoundOptions& o, const FlexRoundOutliers& outliers) {
+                                const FlexRoundOptions& o, const FlexRoundOutliers& outliers,
+                                const FlexRoundBlockDone& block_done) {
   check_options(o);
   if (calib_tokens.dim() != 2 || calib_tokens.size(0) < 1) fail("calibration tokens must be [samples, seqlen]");
   auto start = std::chrono::steady_clock::now();
@@ -253,32 +257,49 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
   const int layers = model.config().num_layers;
   const auto& names = DecoderLayer::linear_names();
 
-  // Block l applied to every window, `batch` windows at a time.
-  auto run_block = [&](int l, const Tensor& x) {
-    std::vector<Tensor> ys;
-    for (int64_t s = 0; s < n; s += batch) ys.push_back(model.layer_forward(l, x.narrow(0, s, std::min(batch, n - s))));
-    return torch::cat(ys);
+  // The calibration activations, one window per store batch: x_fp (the original model's block
+  // inputs), x_q (the quantized model's), y (the original block's outputs on x_fp).
+  const int64_t T = calib_tokens.size(1), hidden = model.config().hidden_size;
+  const ActivationPlan plan = plan_activations(n, T, hidden, 3, o.activation_budget_bytes,
+                                               scratch_dir_or_temp(o.spill_dir), "flexround",
+                                               "original and quantized block inputs, targets");
+  if (o.progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
+  auto store = [&] { return std::make_unique<ActivationStore>(n, T, hidden, 1, model.device(), plan.dir()); };
+  std::unique_ptr<ActivationStore> x_fp = store(), x_q = store(), y = store();
+  // Windows [s, s + m) as one tensor (what narrowing the whole [n, T, hidden] tensor gives).
+  auto windows = [&](const ActivationStore& a, int64_t s, int64_t m) {
+    std::vector<Tensor> ws;
+    for (int64_t i = s; i < s + m; ++i) ws.push_back(a.get(i));
+    return torch::cat(ws);
   };
-  auto recon_loss = [&](int l, const Tensor& x, const Tensor& y) {
+  auto put_windows = [&](ActivationStore& a, int64_t s, const Tensor& x) {
+    for (int64_t i = 0; i < x.size(0); ++i) a.put(s + i, x.narrow(0, i, 1));
+  };
+  // Block l applied to every window of `from`, `batch` windows at a time, into `to` (may be `from`).
+  auto run_block = [&](int l, const ActivationStore& from, ActivationStore& to) {
+    for (int64_t s = 0; s < n; s += batch) put_windows(to, s, model.layer_forward(l, windows(from, s, std::min(batch, n - s))));
+  };
+  auto recon_loss = [&](int l) {
     double sse = 0;
     for (int64_t s = 0; s < n; s += batch) {
       int64_t m = std::min(batch, n - s);
-      sse += (model.layer_forward(l, x.narrow(0, s, m)) - y.narrow(0, s, m)).square().sum(torch::kFloat64).item<double>();
+      sse += (model.layer_forward(l, windows(*x_q, s, m)) - windows(*y, s, m)).square().sum(torch::kFloat64).item<double>();
     }
-    return sse / double(y.numel());
+    return sse / (double(n) * double(T) * double(hidden));
   };
 
-  std::vector<Tensor> xs;
-  for (int64_t s = 0; s < n; s += batch) xs.push_back(model.embed(calib_tokens.narrow(0, s, std::min(batch, n - s))));
-  Tensor x_fp = torch::cat(xs), x_q = x_fp;
-  xs.clear();
+  for (int64_t s = 0; s < n; s += batch) {
+    Tensor x = model.embed(calib_tokens.narrow(0, s, std::min(batch, n - s)));
+    put_windows(*x_fp, s, x);
+    put_windows(*x_q, s, x);
+  }
 
   FlexRoundResult result;
   Progress progress("flexround", size_t(layers) * size_t(std::max(o.iters, 1)), o.progress);
   Batches batches(n, batch, o.seed);
   for (int l = 0; l < layers; ++l) {
     DecoderLayer& layer = model.layer(l);
-    Tensor y = run_block(l, x_fp);  // the original block on the original inputs
+    run_block(l, *x_fp, *y);  // the original block on the original inputs
     std::vector<std::string> hf_names;  // "model.layers.L.NAME.weight"
     for (const std::string& name : names) hf_names.push_back(fmt::format("model.layers.{}.{}.weight", l, name));
 
@@ -288,7 +309,7 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
       SequentialOptions so;
       so.batch = int(batch), so.progress = false;
       std::vector<Tensor> xs;
-      for (int64_t s = 0; s < n; s += batch) xs.push_back(x_q.narrow(0, s, std::min(batch, n - s)));
+      for (int64_t s = 0; s < n; s += batch) xs.push_back(windows(*x_q, s, std::min(batch, n - s)));
       calibrate_block(model, l, xs, so, [&](int, const std::string& name, Linear& lin, const LinearInputStats& st) {
         masks[name] = outliers.mask_of(name, lin.weight, st.hessian);
       });
@@ -306,15 +327,16 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
     }
     // RTN: FlexRound's starting point (its value is exactly RTN's).
     for (size_t i = 0; i < names.size(); ++i) layer.linear(names[i]).weight = fws[i].forward().detach();
-    const double before = recon_loss(l, x_q, y);
+    const double before = recon_loss(l);
     result.loss_before.push_back(before);
 
     if (o.iters > 0 && before > 0) {
       torch::AutoGradMode grad(true);
       CosineAdam opt(params, o);
       for (int t = 0; t < o.iters; ++t) {
-        Tensor idx = batches.next().to(x_q.device());
-        Tensor xb = x_q.index_select(0, idx), yb = y.index_select(0, idx);
+        std::vector<Tensor> xw, yw;
+        for (int64_t i : batches.next_indices()) xw.push_back(x_q->get(i)), yw.push_back(y->get(i));
+        Tensor xb = torch::cat(xw), yb = torch::cat(yw);
         for (size_t i = 0; i < names.size(); ++i) layer.linear(names[i]).weight = fws[i].forward();
         Tensor loss = (model.layer_forward(l, xb) - yb).square().mean() / before;  // normalised: RTN's is ~1
         opt.step(t, loss);
@@ -322,15 +344,23 @@ FlexRoundResult flexround_model(LlamaModel& model, const Tensor& calib_tokens,
                         fmt::format("block {}/{} loss {:.4f}", l + 1, layers, loss.item<double>()));
       }
     }
+    FlexRoundResult block;
     for (size_t i = 0; i < names.size(); ++i) {
       LayerQuantResult r = fws[i].finish();
       layer.linear(names[i]).weight = r.dequantized;
-      result.layers[hf_names[i]] = std::move(r);
-      if (fws[i].outliers().nnz() > 0) result.outliers[hf_names[i]] = fws[i].outliers();
+      block.layers[hf_names[i]] = std::move(r);
+      if (fws[i].outliers().nnz() > 0) block.outliers[hf_names[i]] = fws[i].outliers();
     }
-    result.loss_after.push_back(recon_loss(l, x_q, y));
-    x_q = run_block(l, x_q);  // the next block's inputs from the quantized model
-    x_fp = y;
+    result.loss_after.push_back(recon_loss(l));
+    run_block(l, *x_q, *x_q);  // the next block's inputs from the quantized model
+    std::swap(x_fp, y);        // and from the original one
+    if (block_done) {
+      block_done(l, block);
+      model.release_layer(l);
+    } else {
+      for (auto& [name, r] : block.layers) result.layers[name] = std::move(r);
+      for (auto& [name, s] : block.outliers) result.outliers[name] = std::move(s);
+    }
   }
   progress.finish();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -91,6 +91,11 @@ struct FlexRoundOptions {
   RtnOptions init;         // how s₁ is initialised (RTN's fit; clip_search for the MSE fit)
   uint64_t seed = 0;       // minibatch order
   bool progress = true;
+  // flexround_model's calibration activations (three [samples, seqlen, hidden] fp32 stores) stay
+  // in RAM within this many bytes (< 0: always), else in scratch files in spill_dir (default: the
+  // system's temporary directory). Either way the results are the same.
+  int64_t activation_budget_bytes = -1;
+  std::string spill_dir;
 };
 
 // One linear layer's FlexRound parameters and its differentiable quantized weight.
@@ -176,10 +181,16 @@ struct FlexRoundOutliers {
   bool needs_hessian = false;
 };
 
+// Streaming: called with each block's results (its layers and outliers) as soon as the block is
+// trained; the block is then released from the model (LlamaModel::release_layer), and the
+// returned FlexRoundResult holds the losses only.
+using FlexRoundBlockDone = std::function<void(int layer, FlexRoundResult& block)>;
+
 // The same with a format per layer (a mixed-precision plan): format_of(HF weight name), and
 // optional outliers.
 FlexRoundResult flexround_model(LlamaModel& model, const torch::Tensor& calib_tokens,
                                 const std::function<FormatSpec(const std::string&)>& format_of,
-                                const FlexRoundOptions& options, const FlexRoundOutliers& outliers = {});
+                                const FlexRoundOptions& options, const FlexRoundOutliers& outliers = {},
+                                const FlexRoundBlockDone& block_done = {});
 
 }  // namespace lowbit

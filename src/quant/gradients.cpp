@@ -3,7 +3,10 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <cstdio>
+#include <memory>
 
+#include "calib/activation_store.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -14,13 +17,14 @@ namespace {
 using torch::Tensor;
 
 // During one block's recomputation its seven linear weights are requires-grad aliases (same
-// storage, new leaves) of the model's own tensors, which are put back on destruction.
+// storage, new leaves) of the model's own tensors, which are put back on destruction. The block is
+// pinned meanwhile; one that was not pinned before may be dropped again afterwards.
 class GradWeights {
  public:
-  GradWeights(DecoderLayer& layer) : layer_(layer) {
+  GradWeights(LlamaModel& model, int l) : model_(model), l_(l), was_pinned_(model.is_pinned(l)), layer_(model.layer(l)) {
     const auto& names = DecoderLayer::linear_names();
     for (size_t k = 0; k < names.size(); ++k) {
-      Linear& lin = layer.linear(names[k]);
+      Linear& lin = layer_.linear(names[k]);
       saved_[k] = lin.weight;
       lin.weight = lin.weight.detach().requires_grad_(true);
       leaves_[k] = lin.weight;
@@ -29,12 +33,16 @@ class GradWeights {
   ~GradWeights() {
     const auto& names = DecoderLayer::linear_names();
     for (size_t k = 0; k < names.size(); ++k) layer_.linear(names[k]).weight = saved_[k];
+    if (!was_pinned_) model_.unpin_layer(l_);
   }
   GradWeights(const GradWeights&) = delete;
   GradWeights& operator=(const GradWeights&) = delete;
   const std::array<Tensor, 7>& leaves() const { return leaves_; }
 
  private:
+  LlamaModel& model_;
+  int l_;
+  bool was_pinned_;
   DecoderLayer& layer_;
   std::array<Tensor, 7> saved_, leaves_;
 };
@@ -58,14 +66,21 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   const size_t nb = ranges.size();
   const double predictions = double(N) * double(T - 1);
 
-  // 1. Checkpoints: inputs[l][b] is block l's input for batch b; inputs[L] the final hidden state.
-  std::vector<std::vector<Tensor>> inputs(size_t(L) + 1, std::vector<Tensor>(nb));
+  // 1. Checkpoints: inputs[l] holds block l's inputs, inputs[L] the final hidden states, by batch.
+  const int64_t hidden = model.config().hidden_size;
+  const ActivationPlan plan = plan_activations(N, T, hidden, L + 2, o.activation_budget_bytes,
+                                               scratch_dir_or_temp(o.spill_dir), "gradients",
+                                               "block inputs and their gradients");
+  if (o.progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
+  auto store = [&] { return std::make_unique<ActivationStore>(N, T, hidden, batch, model.device(), plan.dir()); };
+  std::vector<std::unique_ptr<ActivationStore>> inputs;
+  for (int l = 0; l <= L; ++l) inputs.push_back(store());
   {
     torch::NoGradGuard no_grad;
     for (size_t b = 0; b < nb; ++b) {
       Tensor x = model.embed(tok.narrow(0, ranges[b].first, ranges[b].second));
-      inputs[0][b] = x;
-      for (int l = 0; l < L; ++l) inputs[size_t(l) + 1][b] = x = model.layer_forward(l, x);
+      inputs[0]->put(int64_t(b), x);
+      for (int l = 0; l < L; ++l) inputs[size_t(l) + 1]->put(int64_t(b), x = model.layer_forward(l, x));
     }
   }
 
@@ -75,11 +90,11 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   // 2. The head, in chunks of positions: dL/dx for the final hidden states (zero at the last
   // position, which predicts nothing).
   double loss = 0;
-  std::vector<Tensor> gx(nb);
+  std::unique_ptr<ActivationStore> gx = store();
   for (size_t b = 0; b < nb; ++b) {
-    const Tensor& x = inputs[size_t(L)][b];
+    const Tensor x = inputs[size_t(L)]->get(int64_t(b));
     const Tensor targets = tok.narrow(0, ranges[b].first, ranges[b].second);
-    gx[b] = torch::zeros_like(x);
+    Tensor g = torch::zeros_like(x);
     for (int64_t t0 = 0; t0 < T - 1; t0 += o.head_chunk) {
       const int64_t n = std::min(o.head_chunk, T - 1 - t0);
       Tensor xc = x.narrow(1, t0, n).detach().requires_grad_(true);
@@ -87,10 +102,11 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
       Tensor tgt = targets.narrow(1, t0 + 1, n).unsqueeze(-1);
       Tensor chunk_loss = -logp.gather(-1, tgt).sum() / predictions;
       loss += chunk_loss.item<double>();
-      gx[b].narrow(1, t0, n).copy_(torch::autograd::grad({chunk_loss}, {xc})[0]);
+      g.narrow(1, t0, n).copy_(torch::autograd::grad({chunk_loss}, {xc})[0]);
     }
-    inputs[size_t(L)][b] = Tensor();
+    gx->put(int64_t(b), g);
   }
+  inputs[size_t(L)].reset();
   progress.update(1, "head");
 
   // 3. Blocks, last to first.
@@ -98,15 +114,14 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   for (int l = L - 1; l >= 0; --l) {
     std::array<Tensor, 7> grad_acc, fisher_acc;
     {
-      GradWeights weights(model.layer(l));
+      GradWeights weights(model, l);
       for (size_t b = 0; b < nb; ++b) {
         const bool need_input_grad = l > 0;
-        Tensor x = inputs[size_t(l)][b].detach().requires_grad_(need_input_grad);
-        inputs[size_t(l)][b] = Tensor();
+        Tensor x = inputs[size_t(l)]->get(int64_t(b)).detach().requires_grad_(need_input_grad);
         Tensor y = model.layer_forward(l, x);
         std::vector<Tensor> wrt(weights.leaves().begin(), weights.leaves().end());
         if (need_input_grad) wrt.push_back(x);
-        std::vector<Tensor> g = torch::autograd::grad({y}, wrt, {gx[b]}, /*retain_graph=*/false,
+        std::vector<Tensor> g = torch::autograd::grad({y}, wrt, {gx->get(int64_t(b))}, /*retain_graph=*/false,
                                                       /*create_graph=*/false, /*allow_unused=*/true);
         y = Tensor();
         for (size_t k = 0; k < 7; ++k) {
@@ -118,8 +133,9 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
             fisher_acc[k] = fisher_acc[k].defined() ? fisher_acc[k].add_(f) : f;
           }
         }
-        gx[b] = need_input_grad ? g.back() : Tensor();
+        if (need_input_grad) gx->put(int64_t(b), g.back());
       }
+      inputs[size_t(l)].reset();
     }
     for (size_t k = 0; k < 7; ++k) {
       LayerGradient lg;

@@ -16,10 +16,11 @@
 //      gradients are accumulated, and the gradient of its input is passed down. A block's
 //      checkpoint is freed once used, and its linears' results are handed to the callback as
 //      soon as every batch has passed, so only one block's accumulators are alive.
-// Peak memory beyond the weights: the checkpoints, one batch's gradient per window batch
-// ([N, T, hidden] in all), one block's graph for one batch, one chunk of logits
-// ([batch, head_chunk, vocab] and its softmax), and the current block's accumulators (one or two
-// tensors per linear, the block's weight size each).
+// Peak memory beyond the weights: the checkpoints and one batch's gradient per window batch
+// ([N, T, hidden] in all; in RAM or on disk, activation_budget_bytes), one block's graph for one
+// batch, one chunk of logits ([batch, head_chunk, vocab] and its softmax), and the current block's
+// accumulators (one or two tensors per linear, the block's weight size each). Blocks are
+// materialized as the model's ModelMemory allows: one at a time at the smallest budget.
 //
 // Runs on the model's device in the model's dtype (fp32; a model whose tensors were replaced by
 // float64 ones gives float64 gradients). The model is borrowed: each block's linear weights are
@@ -42,6 +43,11 @@ struct GradientOptions {
   bool keep_grad = true;     // LayerGradient::grad
   bool keep_fisher = false;  // LayerGradient::fisher (then each window is back-propagated alone)
   bool progress = false;
+  // The checkpoints and the incoming gradients (num_layers + 2 tensors of [N, T, hidden] fp32)
+  // stay in RAM within this many bytes (< 0: always), else in scratch files in spill_dir (default:
+  // the system's temporary directory). Either way the results are the same.
+  int64_t activation_budget_bytes = -1;
+  std::string spill_dir;
 };
 
 // What is kept of one linear weight's gradients ([out, in], the weight's dtype and device).

@@ -236,26 +236,43 @@ int64_t SparseOutliers::bits(int64_t rows, int64_t cols, int64_t nnz) {
   return nnz == 0 ? 0 : 32 * (rows + 1) + int64_t(index_bits(cols) + 16) * nnz;
 }
 
-std::map<std::string, Tensor> gradient_outlier_masks(LlamaModel& model, const Tensor& tokens, Saliency rule,
-                                                     double percent, bool global, GradientOptions options) {
+Tensor mask_to_indices(const Tensor& mask) {
+  Tensor idx = mask.reshape({-1}).to(torch::kCPU, torch::kBool).nonzero().reshape({-1});
+  return mask.numel() <= std::numeric_limits<int32_t>::max() ? idx.to(torch::kInt32) : idx;
+}
+
+Tensor mask_from_indices(const Tensor& indices, int64_t rows, int64_t cols) {
+  Tensor m = torch::zeros({rows * cols}, torch::kBool);
+  if (indices.numel() > 0) m.index_fill_(0, indices.to(torch::kInt64), true);
+  return m.view({rows, cols});
+}
+
+Tensor stored_outlier_mask(const ScratchTensors& masks, const std::string& name, const Tensor& W) {
+  return mask_from_indices(masks.get(name), W.size(0), W.size(1));
+}
+
+std::unique_ptr<ScratchTensors> gradient_outlier_masks(LlamaModel& model, const Tensor& tokens, Saliency rule,
+                                                       double percent, bool global, GradientOptions options) {
   if (rule == Saliency::Hessian) fail("outliers: the Hessian rule needs no gradients; use hessian_saliency");
   options.keep_fisher = rule == Saliency::Fisher && tokens.size(0) > 1;
   options.keep_grad = !options.keep_fisher;
-  std::map<std::string, Tensor> masks;
+  auto masks = std::make_unique<ScratchTensors>(options.activation_budget_bytes < 0 ? ""
+                                                    : scratch_dir_or_temp(options.spill_dir));
   std::vector<std::pair<std::string, Tensor>> saliencies;  // global only
+  const LlamaModel& weights = model;                       // read only: no block stays pinned
   compute_gradients(model, tokens, options, [&](int layer, const std::string& name, LayerGradient&& g) {
     // name is "model.layers.<layer>.<short name>.weight"
     const size_t prefix = fmt::format("model.layers.{}.", layer).size();
     const std::string short_name = name.substr(prefix, name.size() - prefix - std::string(".weight").size());
-    Tensor s = gradient_saliency(rule, model.layer(layer).linear(short_name).weight, g).to(torch::kCPU);
+    Tensor s = gradient_saliency(rule, weights.layer(layer).linear(short_name).weight, g).to(torch::kCPU);
     if (global) saliencies.emplace_back(name, s);
-    else masks[name] = select_outliers(s, percent).to_sparse();
+    else masks->put(name, mask_to_indices(select_outliers(s, percent)));
   });
   if (global) {
     std::vector<Tensor> all;
     for (auto& [name, s] : saliencies) all.push_back(s);
     std::vector<Tensor> selected = select_outliers_global(all, percent);
-    for (size_t i = 0; i < saliencies.size(); ++i) masks[saliencies[i].first] = selected[i].to_sparse();
+    for (size_t i = 0; i < saliencies.size(); ++i) masks->put(saliencies[i].first, mask_to_indices(selected[i]));
   }
   return masks;
 }

@@ -11,10 +11,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "calib/activation_store.h"
 #include "io/quantized_checkpoint.h"
 #include "quant/gradients.h"
 #include "quant/quantizer.h"
@@ -62,14 +64,21 @@ std::vector<torch::Tensor> select_outliers_global(const std::vector<torch::Tenso
 
 // GWQ's selection for a whole model: the LM-loss gradients on tokens ([N, T] calibration windows,
 // gradients.h) of every decoder linear, turned into saliency (Gradient, GradientWeight or Fisher)
-// and masks of the top percent per layer, or over all layers together when global. Masks are
-// sparse COO bool tensors on the CPU (16 bytes per outlier instead of a byte per weight: 0.16
-// bytes per weight at 1%; .to_dense() gives the bool mask), keyed by HF weight name. Memory: per
-// layer, one block's gradients at a time; global selection holds every layer's saliency (one
-// float32 copy of the decoder linears).
-std::map<std::string, torch::Tensor> gradient_outlier_masks(LlamaModel& model, const torch::Tensor& tokens,
-                                                            Saliency rule, double percent, bool global,
-                                                            GradientOptions options = {});
+// and masks of the top percent per layer, or over all layers together when global. Each mask is
+// parked under its HF weight name as its sorted flat indices (mask_to_indices: 4 bytes per
+// outlier, 0.04 bytes per weight at 1%), in RAM, or in a scratch file when
+// options.activation_budget_bytes bounds memory; stored_outlier_mask() gives it back. Memory: one
+// block's gradients at a time; global selection holds every layer's saliency (one float32 copy of
+// the decoder linears).
+std::unique_ptr<ScratchTensors> gradient_outlier_masks(LlamaModel& model, const torch::Tensor& tokens, Saliency rule,
+                                                       double percent, bool global, GradientOptions options = {});
+
+// A bool mask as the sorted row-major indices of its true entries (int32 when its size allows,
+// else int64), and back to a bool [rows, cols] mask on the CPU.
+torch::Tensor mask_to_indices(const torch::Tensor& mask);
+torch::Tensor mask_from_indices(const torch::Tensor& indices, int64_t rows, int64_t cols);
+// The mask gradient_outlier_masks parked for weight `name`, shaped like W ([rows, cols]).
+torch::Tensor stored_outlier_mask(const ScratchTensors& masks, const std::string& name, const torch::Tensor& W);
 
 // --- Storage ----------------------------------------------------------------------------------
 

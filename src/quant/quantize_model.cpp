@@ -277,13 +277,15 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     calib_tokens = sample_calibration(*m.tokenizer, calib).to(model.device());
   }
   // GWQ: outlier masks from the full-precision model's gradients, per distinct gradient rule.
-  std::map<std::string, std::map<std::string, torch::Tensor>> gradient_masks;  // rule -> name -> mask
+  std::map<std::string, std::unique_ptr<ScratchTensors>> gradient_masks;  // rule -> parked masks by name
   for (const LayerScheme& s : all_schemes(job)) {
     if (resumed && resumed->finishing) break;  // every layer is quantized already
     if (!s.outliers || !s.outliers->needs_gradients() || s.outliers->percent == 0) continue;
     if (gradient_masks.count(s.outliers->str())) continue;
     GradientOptions go;
     go.progress = job.progress;
+    go.activation_budget_bytes = job.activation_budget_bytes;
+    if (writer) go.spill_dir = writer->scratch_dir();
     torch::Tensor tokens = calib_tokens.narrow(0, 0, std::min<int64_t>(job.gwq_samples, calib_tokens.size(0)));
     gradient_masks[s.outliers->str()] = gradient_outlier_masks(model, tokens, s.outliers->saliency,
                                                                s.outliers->percent, job.outliers_global, go);
@@ -291,7 +293,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   auto outlier_mask = [&](const std::string& name, const LayerScheme& s, const torch::Tensor& W,
                           const torch::Tensor& H) -> torch::Tensor {
     if (!s.outliers || s.outliers->percent == 0) return torch::zeros_like(W, torch::kBool);
-    if (s.outliers->needs_gradients()) return gradient_masks.at(s.outliers->str()).at(name).to_dense();
+    if (s.outliers->needs_gradients()) return stored_outlier_mask(*gradient_masks.at(s.outliers->str()), name, W);
     return select_outliers(hessian_saliency(W, H, s.format, job.layer), s.outliers->percent);
   };
 
@@ -442,9 +444,11 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
   };
 
   if (job.flexround) {
-    // Block reconstruction over the whole model, then every result written in layer order.
+    // Block reconstruction, each block written as soon as it is trained, then dropped.
     FlexRoundOptions fo = *job.flexround;
     fo.progress = job.progress;
+    fo.activation_budget_bytes = job.activation_budget_bytes;
+    if (writer) fo.spill_dir = writer->scratch_dir();
     FlexRoundOutliers fo_outliers;
     if (uses_outliers(job)) {
       fo_outliers.needs_hessian = uses_hessian_outliers(job);
@@ -452,19 +456,19 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         return outlier_mask(name, schemes_of(job, name)[0], W, H);
       };
     }
-    FlexRoundResult fr = flexround_model(
-        model, calib_tokens, [&](const std::string& name) { return schemes_of(job, name)[0].format; }, fo,
-        fo_outliers);
-    for (int l = 0; l < num_layers; ++l)
-      for (const std::string& short_name : DecoderLayer::linear_names()) {
-        const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
-        LayerQuantResult& r = fr.layers.at(name);
-        const double mse = r.weight_mse;
-        auto kept = fr.outliers.find(name);
-        record(name, model.layer(l).linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
-               kept == fr.outliers.end() ? nullptr : &kept->second, "");
-        if (writer && short_name == DecoderLayer::linear_names().back()) writer->end_block();
-      }
+    flexround_model(
+        model, calib_tokens, [&](const std::string& name) { return schemes_of(job, name)[0].format; }, fo, fo_outliers,
+        [&](int l, FlexRoundResult& block) {
+          for (const std::string& short_name : DecoderLayer::linear_names()) {
+            const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
+            LayerQuantResult& r = block.layers.at(name);
+            const double mse = r.weight_mse;
+            auto kept = block.outliers.find(name);
+            record(name, model.layer(l).linear(short_name), schemes_of(job, name)[0], std::move(r), {mse},
+                   kept == block.outliers.end() ? nullptr : &kept->second, "");
+          }
+          if (writer) writer->end_block();
+        });
   } else if (resumed && resumed->finishing) {
     // Every block is in the shards: only the final write was left.
   } else if (needs_calibration(job)) {
@@ -474,7 +478,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     so.input_sample_rows = job.quantize_activations ? 4096 : 0;
     so.batch = job.calib_batch;
     so.progress = job.progress;
-    so.release_blocks = true;  // each block is in the checkpoint once its outputs are computed
+    so.after_block = SequentialOptions::AfterBlock::Release;  // in the checkpoint once its outputs are computed
     so.activation_budget_bytes = job.activation_budget_bytes;
     if (writer) so.spill_dir = writer->scratch_dir();
     so.first_block = first_block;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -81,23 +82,34 @@ double activation_entropy(const Tensor& values, int clusters) {
 
 // --- KLD probe --------------------------------------------------------------------------------
 
-KldProbe::KldProbe(const LlamaModel& model, const Tensor& tokens, int batch) : model_(model) {
+KldProbe::KldProbe(const LlamaModel& model, const Tensor& tokens, int batch, int64_t activation_budget_bytes,
+                   const std::string& spill_dir, bool progress)
+    : model_(model) {
   torch::NoGradGuard no_grad;
   if (tokens.dim() != 2 || tokens.size(0) < 1 || tokens.size(1) < 1)
     fail("kld: tokens must be [windows, seqlen] with at least one window");
-  const int L = model.config().num_layers;
-  const int64_t n = tokens.size(0), b = std::max(1, batch);
-  inputs_.resize(size_t(L));
+  const ModelConfig& c = model.config();
+  const int L = c.num_layers;
+  const int64_t n = tokens.size(0), T = tokens.size(1), b = std::max(1, batch);
+  // The log-probabilities count as ceil(vocab / hidden) stores of block inputs.
+  const int count = L + int((c.vocab_size + c.hidden_size - 1) / c.hidden_size);
+  const ActivationPlan plan = plan_activations(n, T, c.hidden_size, count, activation_budget_bytes,
+                                               scratch_dir_or_temp(spill_dir), "kld probe",
+                                               "block inputs and the log-probabilities");
+  if (progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
+  for (int l = 0; l < L; ++l)
+    inputs_.push_back(std::make_unique<ActivationStore>(n, T, c.hidden_size, b, model.device(), plan.dir()));
+  base_logp_ = std::make_unique<ActivationStore>(n, T, c.vocab_size, b, model.device(), plan.dir());
   Tensor t = tokens.to(model.device());
-  for (int64_t s = 0; s < n; s += b) {
-    Tensor x = model.embed(t.narrow(0, s, std::min(b, n - s)));
+  for (int64_t k = 0; k < base_logp_->batches(); ++k) {
+    Tensor x = model.embed(t.narrow(0, k * b, base_logp_->batch_windows(k)));
     for (int l = 0; l < L; ++l) {
-      inputs_[size_t(l)].push_back(x);
+      inputs_[size_t(l)]->put(k, x);
       x = model.layer_forward(l, x);
     }
-    base_logp_.push_back(torch::log_softmax(model.head(x), -1));
+    base_logp_->put(k, torch::log_softmax(model.head(x), -1));
   }
-  positions_ = n * tokens.size(1);
+  positions_ = n * T;
 }
 
 double KldProbe::kld_from(int layer) const {
@@ -105,11 +117,11 @@ double KldProbe::kld_from(int layer) const {
   const int L = model_.config().num_layers;
   if (layer < 0 || layer >= L) fail("kld: block {} out of range (0..{})", layer, L - 1);
   double total = 0;
-  for (size_t b = 0; b < base_logp_.size(); ++b) {
-    Tensor x = inputs_[size_t(layer)][b];
+  for (int64_t k = 0; k < base_logp_->batches(); ++k) {
+    Tensor x = inputs_[size_t(layer)]->get(k);
     for (int l = layer; l < L; ++l) x = model_.layer_forward(l, x);
     Tensor lq = torch::log_softmax(model_.head(x), -1);
-    const Tensor& lp = base_logp_[b];
+    const Tensor lp = base_logp_->get(k);
     // Per position in float32 (V terms), over positions in float64.
     total += (lp.exp() * (lp - lq)).sum(-1).sum(torch::kFloat64).item<double>();
   }
@@ -172,18 +184,22 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
   report.metric = opt.metric;
 
   // Gradient pieces first: the Fisher diagonal and the masks of each distinct gradient rule.
-  std::map<std::string, Tensor> fisher;
+  const std::string spill_dir = scratch_dir_or_temp(opt.spill_dir);
+  GradientOptions gradient_options = opt.gradients;
+  gradient_options.progress = opt.progress;
+  gradient_options.activation_budget_bytes = opt.activation_budget_bytes;
+  gradient_options.spill_dir = spill_dir;
+  ScratchTensors fisher(opt.activation_budget_bytes < 0 ? "" : spill_dir);
   if (opt.metric == SensitivityMetric::Fisher) {
-    GradientOptions g = opt.gradients;
+    GradientOptions g = gradient_options;
     g.keep_fisher = true;
     g.keep_grad = false;
-    g.progress = opt.progress;
     torch::AutoGradMode grad_mode(true);
     compute_gradients(model, toks, g, [&](int, const std::string& name, LayerGradient&& lg) {
-      fisher[name] = std::move(lg.fisher);
+      fisher.put(name, lg.fisher);
     });
   }
-  std::map<std::string, std::map<std::string, Tensor>> gradient_masks;  // rule -> weight name -> mask
+  std::map<std::string, std::unique_ptr<ScratchTensors>> gradient_masks;  // rule -> parked masks by name
   bool hessian_rule = false;
   for (const LayerScheme& c : candidates) {
     if (!c.outliers) continue;
@@ -193,22 +209,25 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
     }
     const std::string key = c.outliers->str();
     if (gradient_masks.count(key)) continue;
-    GradientOptions g = opt.gradients;
-    g.progress = opt.progress;
     torch::AutoGradMode grad_mode(true);
     const Tensor first = toks.narrow(0, 0, std::min<int64_t>(std::max(opt.gwq_samples, 1), N));
-    gradient_masks[key] = gradient_outlier_masks(model, first, c.outliers->saliency, c.outliers->percent, false, g);
+    gradient_masks[key] = gradient_outlier_masks(model, first, c.outliers->saliency, c.outliers->percent, false,
+                                                 gradient_options);
   }
 
   std::unique_ptr<KldProbe> probe;
   if (opt.metric == SensitivityMetric::Kld)
-    probe = std::make_unique<KldProbe>(model, toks.narrow(0, 0, std::min<int64_t>(opt.kld_samples, N)), opt.batch);
+    probe = std::make_unique<KldProbe>(model, toks.narrow(0, 0, std::min<int64_t>(opt.kld_samples, N)), opt.batch,
+                                       opt.activation_budget_bytes, spill_dir, opt.progress);
 
   SequentialOptions so;
   so.hessian = opt.layer.method == QuantMethod::GPTQ || opt.metric == SensitivityMetric::Hessian || hessian_rule;
   so.input_sample_rows = std::min<int64_t>(std::max<int64_t>(opt.entropy_tokens, 0), N * T);
   so.batch = std::max(1, opt.batch);
   so.progress = false;
+  so.after_block = SequentialOptions::AfterBlock::Unpin;  // every candidate's weight is put back
+  so.activation_budget_bytes = opt.activation_budget_bytes;
+  so.spill_dir = spill_dir;
   LayerQuantOptions lq = opt.layer;
   lq.compute_output_error = false;
 
@@ -246,7 +265,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
       Tensor W_hat;
       if (c.outliers) {
         Tensor mask;
-        if (c.outliers->needs_gradients()) mask = gradient_masks.at(c.outliers->str()).at(name).to_dense();
+        if (c.outliers->needs_gradients()) mask = stored_outlier_mask(*gradient_masks.at(c.outliers->str()), name, W);
         else mask = select_outliers(hessian_saliency(W, H, spec, lq), c.outliers->percent);
         W_hat = quantize_layer_with_outliers(W, spec, lq, H, mask).layer.dequantized;
       } else {
@@ -257,7 +276,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
       switch (opt.metric) {
         case SensitivityMetric::Hessian: damage = output_error(W_hat - W, H); break;
         case SensitivityMetric::Fisher: {
-          const Tensor& F = fisher.at(name);
+          const Tensor F = fisher.get(name).to(W.device());
           damage = (F * (W_hat - W).square()).sum(torch::kFloat64).item<double>();
           break;
         }

@@ -33,12 +33,14 @@
 // exact Lloyd iterations from equal-count quantile initialisation, on the sorted values) gives the
 // bins, and the entropy is -Σ p_k log2 p_k of the bin shares, in bits (0 .. log2 K).
 //
-// Memory: one block's Hessians (four [in, in] float32) at a time, never all layers'; the kld
-// metric keeps (L + 1) block inputs and the log-probabilities of the kld windows
-// ([kld_samples, T, hidden] each and [kld_samples, T, vocab]); the fisher metric keeps the Fisher
-// diagonal of every decoder linear (one float32 copy of them, model-size), and each distinct
-// gradient outlier rule a sparse mask per linear (16 bytes per outlier). Entropy keeps at most
-// entropy_tokens input rows of the current linear.
+// Memory: one block's Hessians (four [in, in] float32) at a time, never all layers'; blocks are
+// materialized as the model's ModelMemory allows (each measured block is put back as it was); the
+// kld metric keeps L block inputs and the log-probabilities of the kld windows ([kld_samples, T,
+// hidden] each and [kld_samples, T, vocab]); the fisher metric keeps the Fisher diagonal of every
+// decoder linear (one float32 copy of them), and each distinct gradient outlier rule its masks (4
+// bytes per outlier). All of these are on disk when activation_budget_bytes is exceeded (the
+// Fisher diagonal and masks: whenever it is set). Entropy keeps at most entropy_tokens input rows
+// of the current linear.
 //
 // Determinism: the same model, tokens, candidates and options (and thread count) give the same
 // numbers: no randomness anywhere, K-means is initialised from quantiles.
@@ -47,12 +49,14 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "calib/activation_store.h"
 #include "model/llama_model.h"
 #include "quant/gradients.h"
 #include "quant/mixed_precision.h"
@@ -91,6 +95,11 @@ struct SensitivityOptions {
   int gwq_samples = 8;            // gradient outlier rules: masks from the first windows, as
                                   // quantize --gwq-samples chooses them
   GradientOptions gradients;      // fisher and gradient outlier rules (batch, head_chunk)
+  // Calibration activations, the KLD probe's inputs, the Fisher diagonal and the outlier masks:
+  // in RAM within this many bytes each (< 0: always), else in scratch files in spill_dir
+  // (default: the system's temporary directory). Either way the results are the same.
+  int64_t activation_budget_bytes = -1;
+  std::string spill_dir;
   bool progress = true;
   // Resume (plan --resume): layers an interrupted run measured, by name, are taken as they are
   // (the calibration passes still run; the candidates' quantization and KLD suffixes do not);
@@ -125,15 +134,18 @@ double activation_entropy(const torch::Tensor& values, int clusters = 100);
 // every block's input and the log-probabilities; kld_from(l) runs blocks l..L-1 and the head of
 // the model as it is now from the cached input of block l and returns the mean over all n·T
 // positions of Σ_v p(v) (log p(v) − log q(v)), p the cached (construction-time) distribution.
+// The block inputs and full-precision log-probabilities are in RAM within activation_budget_bytes
+// (< 0: always), else in scratch files in spill_dir (default: the system's temporary directory).
 class KldProbe {
  public:
-  KldProbe(const LlamaModel& model, const torch::Tensor& tokens, int batch = 8);
+  KldProbe(const LlamaModel& model, const torch::Tensor& tokens, int batch = 8, int64_t activation_budget_bytes = -1,
+           const std::string& spill_dir = "", bool progress = false);
   double kld_from(int layer) const;
 
  private:
   const LlamaModel& model_;
-  std::vector<std::vector<torch::Tensor>> inputs_;  // [block][batch] block inputs
-  std::vector<torch::Tensor> base_logp_;            // [batch] [b, T, vocab]
+  std::vector<std::unique_ptr<ActivationStore>> inputs_;  // per block, its inputs by batch
+  std::unique_ptr<ActivationStore> base_logp_;            // [windows, T, vocab]
   int64_t positions_ = 0;
 };
 

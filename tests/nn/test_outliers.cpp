@@ -246,6 +246,30 @@ TEST(Selection, PicksExactlyTheLargestWithDeterministicTies) {
   EXPECT_THROW(select_outliers(torch::tensor({1.0f, NAN}), 50), Error);
 }
 
+// Masks are parked as the flat indices of their true entries, in RAM or in a scratch file, and
+// come back as the same mask.
+TEST(Selection, MasksParkedAsIndicesComeBackTheSame) {
+  const Tensor mask = torch::tensor({false, true, false, false, true, true}, torch::kBool).view({2, 3});
+  const Tensor idx = mask_to_indices(mask);
+  EXPECT_EQ(idx.scalar_type(), torch::kInt32);
+  EXPECT_TRUE(torch::equal(idx.to(torch::kInt64), torch::tensor({1, 4, 5}, torch::kInt64)));  // row-major by hand
+  EXPECT_TRUE(torch::equal(mask_from_indices(idx, 2, 3), mask));
+  EXPECT_TRUE(torch::equal(mask_from_indices(mask_to_indices(torch::zeros({3, 4}, torch::kBool)), 3, 4),
+                           torch::zeros({3, 4}, torch::kBool)));
+  for (const std::string dir : {std::string(), testing::TempDir()}) {
+    ScratchTensors parked(dir);
+    torch::manual_seed(2);
+    const Tensor big = torch::rand({50, 70}) > 0.9, fisher = torch::rand({5, 7}, torch::kFloat64);
+    parked.put("a", mask_to_indices(big));
+    parked.put("f", fisher);
+    EXPECT_TRUE(torch::equal(stored_outlier_mask(parked, "a", torch::empty({50, 70})), big)) << dir;
+    EXPECT_TRUE(torch::equal(parked.get("f"), fisher)) << dir;
+    EXPECT_EQ(parked.get("f").scalar_type(), torch::kFloat64);
+    EXPECT_THROW(parked.get("b"), Error);
+    EXPECT_THROW(parked.put("a", fisher), Error);
+  }
+}
+
 TEST(Selection, GlobalUsesOneThresholdAcrossLayers) {
   torch::manual_seed(5);
   // The second layer's saliencies are ten times larger: globally it gets most outliers.

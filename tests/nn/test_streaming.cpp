@@ -9,7 +9,10 @@
 #include "model/llama_model.h"
 #include "model/synthetic_checkpoint.h"
 #include "model/weight_source.h"
+#include "quant/flexround.h"
+#include "quant/gradients.h"
 #include "quant/quantize_model.h"
+#include "quant/sensitivity.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -99,6 +102,19 @@ TEST(Streaming, EveryBudgetWritesTheSameCheckpoint) {
          j.layer.method = QuantMethod::GPTQ;
          j.metric = MofqMetric::OutputError;
        }},
+      {"gwq", [&](QuantizeJob& j) {
+         j.candidates = {FormatSpec::parse("int4:g32")};
+         j.layer.method = QuantMethod::GPTQ;
+         j.outliers = OutlierRule::parse("gradient:1");
+         j.gwq_samples = 2;
+       }},
+      {"flexround", [&](QuantizeJob& j) {
+         j.candidates = {FormatSpec::parse("int4:g32")};
+         FlexRoundOptions fo;
+         fo.iters = 4;
+         fo.progress = false;
+         j.flexround = fo;
+       }},
       {"w8a8", [&](QuantizeJob& j) {
          j.candidates = {FormatSpec::parse("int8:channel")};
          j.quantize_activations = true;
@@ -161,4 +177,69 @@ TEST(Streaming, EmbeddingQuantizedByRowTilesEqualsTheWholeTensor) {
     // The error is a float32 mean: summed per tile it differs in the last digits only.
     EXPECT_NEAR(tiled.weight_mse, whole.weight_mse, 1e-6 * whole.weight_mse) << spec_text;
   }
+}
+
+// GWQ's gradients and plan's sensitivities run the model forward and backward many times; at the
+// smallest budget they hold one block at a time, and measure what the fully loaded model does.
+TEST(Streaming, GradientsAndSensitivitiesHoldOneBlockAtATime) {
+  const torch::Tensor tokens = some_tokens();
+  const std::vector<LayerScheme> candidates = {LayerScheme::parse("int4:g32"), LayerScheme::parse("int8:g32")};
+  auto run = [&](int64_t budget, std::shared_ptr<const WeightSource>& src) {
+    src = open_weights(synthetic_model());
+    LlamaModel model(src, torch::kCPU, ModelMemory{budget});
+    src->reset_peak_materialized_bytes();
+    GradientOptions g;
+    g.activation_budget_bytes = budget < 0 ? -1 : 0;  // checkpoints on disk with the smallest budget
+    std::map<std::string, torch::Tensor> grads;
+    compute_gradients(model, tokens, g, [&](int, const std::string& name, LayerGradient&& lg) { grads[name] = lg.grad; });
+    if (budget == 0) EXPECT_LE(src->peak_materialized_bytes(), kBlockBytes + 64 * 4) << "gradients";
+    SensitivityOptions so;
+    so.metric = SensitivityMetric::Kld;
+    so.layer.method = QuantMethod::RTN;
+    so.kld_samples = 2;
+    so.batch = 1;
+    so.entropy_tokens = 0;
+    so.progress = false;
+    so.activation_budget_bytes = g.activation_budget_bytes;
+    SensitivityReport report = estimate_sensitivity(model, tokens, candidates, so);
+    return std::make_pair(grads, report);
+  };
+  std::shared_ptr<const WeightSource> full_src, small_src;
+  auto [full_grads, full_report] = run(ModelMemory::kAll, full_src);
+  auto [grads, report] = run(0, small_src);
+  EXPECT_GE(full_src->peak_materialized_bytes(), 6 * kBlockBytes) << "the counter counts";
+  // The sensitivities: the block being measured, and the one of the suffix it runs through.
+  EXPECT_LE(small_src->peak_materialized_bytes(), 2 * kBlockBytes + 64 * 4);
+  ASSERT_EQ(grads.size(), full_grads.size());
+  for (const auto& [name, g] : full_grads) EXPECT_TRUE(torch::equal(grads.at(name), g)) << name;
+  ASSERT_EQ(report.layers.size(), full_report.layers.size());
+  for (size_t i = 0; i < report.layers.size(); ++i)
+    for (size_t c = 0; c < candidates.size(); ++c)
+      EXPECT_EQ(report.layers[i].candidates[c].damage, full_report.layers[i].candidates[c].damage)
+          << report.layers[i].name << " " << candidates[c].str();
+}
+
+// The gradient through a head applied from the stored bytes, tile by tile (9000 rows: three
+// tiles), is the gradient through the same head materialized in fp32. (A graph through the
+// tiles once saved a reused tile buffer, so every tile's backward saw the last tile's rows.)
+TEST(Streaming, GradientThroughTheStoredHeadIsTheMaterializedHeadsGradient) {
+  const std::string dir = (fs::path(testing::TempDir()) / ("streaming_wide_vocab_" + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  write_synthetic_checkpoint(dir, SyntheticShape{"wide-vocab", 64, 160, 1, 4, 2, 9000, 256, false}, kStories, {});
+  const torch::Tensor tokens = some_tokens();
+  auto grads_of = [&](bool materialize_head) {
+    LlamaModel model(open_weights(dir));
+    if (materialize_head) model.lm_head();
+    std::map<std::string, torch::Tensor> grads;
+    compute_gradients(model, tokens, {}, [&](int, const std::string& name, LayerGradient&& g) { grads[name] = g.grad; });
+    return grads;
+  };
+  const auto stored = grads_of(false), materialized = grads_of(true);
+  ASSERT_EQ(stored.size(), 7u);
+  for (const auto& [name, g] : materialized) {
+    EXPECT_GT(g.abs().max().item<double>(), 0) << name;
+    EXPECT_TRUE(torch::allclose(stored.at(name), g, 1e-4, 1e-7)) << name << " differs by "
+                                                                  << (stored.at(name) - g).abs().max().item<double>();
+  }
+  fs::remove_all(dir);
 }

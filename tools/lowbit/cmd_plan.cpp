@@ -193,6 +193,7 @@ void add_plan(CLI::App& app) {
     so.batch = o->calib_batch;
     so.gradients.batch = o->calib_batch;
     so.progress = o->progress;
+    so.activation_budget_bytes = o->rt.activation_memory();
 
     if (o->resume && o->out.empty()) throw Error("plan --resume: give the --out of the interrupted run");
 
