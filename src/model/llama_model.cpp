@@ -214,6 +214,14 @@ void LlamaModel::unpin_layer(int l) {
   held_order_.push_back(l);  // most recently used
 }
 
+void LlamaModel::drop_layer(int l) const {
+  if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
+  if (state_[l] != BlockState::Held) return;
+  held_order_.erase(std::find(held_order_.begin(), held_order_.end(), l));
+  layers_[l] = DecoderLayer();
+  state_[l] = BlockState::Absent;
+}
+
 bool LlamaModel::is_pinned(int l) const {
   if (l < 0 || l >= config_.num_layers) fail("internal: block {} of {}", l, config_.num_layers);
   return state_[l] == BlockState::Pinned;

@@ -91,6 +91,9 @@ class LlamaModel {
   // be dropped again and re-read from the checkpoint (a no-op for a block not pinned).
   void unpin_layer(int l);
   bool is_pinned(int l) const;
+  // Frees block `l` now if it is held and not pinned (a pass that will not use it again soon); it
+  // is re-read from the checkpoint when used again.
+  void drop_layer(int l) const;
   // Drops block `l` for good (a driver that has finished with it); using it again is an error.
   void release_layer(int l);
   // Every block, materialized and pinned (tests and small models).

@@ -33,7 +33,10 @@ class GradWeights {
   ~GradWeights() {
     const auto& names = DecoderLayer::linear_names();
     for (size_t k = 0; k < names.size(); ++k) layer_.linear(names[k]).weight = saved_[k];
-    if (!was_pinned_) model_.unpin_layer(l_);
+    if (!was_pinned_) {
+      model_.unpin_layer(l_);
+      model_.drop_layer(l_);  // the backward pass is done with it
+    }
   }
   GradWeights(const GradWeights&) = delete;
   GradWeights& operator=(const GradWeights&) = delete;
@@ -76,11 +79,13 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   std::vector<std::unique_ptr<ActivationStore>> inputs;
   for (int l = 0; l <= L; ++l) inputs.push_back(store());
   {
+    // Block by block, every batch through block l before block l + 1, which then is dropped:
+    // only the backward pass needs it again, last block first.
     torch::NoGradGuard no_grad;
-    for (size_t b = 0; b < nb; ++b) {
-      Tensor x = model.embed(tok.narrow(0, ranges[b].first, ranges[b].second));
-      inputs[0]->put(int64_t(b), x);
-      for (int l = 0; l < L; ++l) inputs[size_t(l) + 1]->put(int64_t(b), x = model.layer_forward(l, x));
+    for (size_t b = 0; b < nb; ++b) inputs[0]->put(int64_t(b), model.embed(tok.narrow(0, ranges[b].first, ranges[b].second)));
+    for (int l = 0; l < L; ++l) {
+      for (size_t b = 0; b < nb; ++b) inputs[size_t(l) + 1]->put(int64_t(b), model.layer_forward(l, inputs[size_t(l)]->get(int64_t(b))));
+      model.drop_layer(l);
     }
   }
 

@@ -19,8 +19,9 @@
 // Peak memory beyond the weights: the checkpoints and one batch's gradient per window batch
 // ([N, T, hidden] in all; in RAM or on disk, activation_budget_bytes), one block's graph for one
 // batch, one chunk of logits ([batch, head_chunk, vocab] and its softmax), and the current block's
-// accumulators (one or two tensors per linear, the block's weight size each). Blocks are
-// materialized as the model's ModelMemory allows: one at a time at the smallest budget.
+// accumulators (one or two tensors per linear, the block's weight size each). One block is
+// materialized at a time, whatever the model's ModelMemory allows: each is dropped once the
+// forward pass, and again once the backward pass, is done with it.
 //
 // Runs on the model's device in the model's dtype (fp32; a model whose tensors were replaced by
 // float64 ones gives float64 gradients). The model is borrowed: each block's linear weights are
