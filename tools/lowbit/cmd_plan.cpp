@@ -173,7 +173,7 @@ void add_plan(CLI::App& app) {
   cmd->add_flag("--no-progress", [o](int64_t) { o->progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
-    o->rt.apply();
+    o->rt.apply(HeapPolicy::MapLarge);
     if (o->calib.file.empty()) throw Error("plan: --calib FILE is required (sensitivities are measured on it)");
     if (!bpw_opt->count() && !size_opt->count()) throw Error("plan: give a budget: --target-bpw B or --target-size BYTES");
     if (bpw_opt->count() && !(o->target_bpw > 0 && std::isfinite(o->target_bpw)))

@@ -172,7 +172,7 @@ void add_quantize(CLI::App& app) {
   cmd->add_flag("--no-progress", [o](int64_t) { o->job.progress = false; }, "no progress line");
   o->rt.add_to(cmd);
   cmd->callback([=] {
-    o->rt.apply();
+    o->rt.apply(HeapPolicy::MapLarge);
     if (!o->recipe.empty()) {
       auto it = std::find_if(recipes().begin(), recipes().end(), [&](const Recipe& r) { return r.name == o->recipe; });
       if (it == recipes().end()) {

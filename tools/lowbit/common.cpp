@@ -32,10 +32,10 @@ int64_t RuntimeOptions::max_memory_bytes() const {
   return pages > 0 && page > 0 ? int64_t(pages) * page / 4 : int64_t(4) << 30;
 }
 
-void RuntimeOptions::apply() const {
+void RuntimeOptions::apply(HeapPolicy heap) const {
   int n = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
-  keep_freed_memory();
+  keep_freed_memory(heap);
 }
 
 torch::Device RuntimeOptions::torch_device() const {

@@ -18,7 +18,8 @@ struct RuntimeOptions {
   std::string device = "cpu";
   std::string max_memory;  // e.g. "6G"; "" = a quarter of this machine's RAM
   void add_to(CLI::App* app);
-  void apply() const;
+  // Threads and the heap policy; quantize and plan pass HeapPolicy::MapLarge (util/allocator.h).
+  void apply(HeapPolicy heap = HeapPolicy::Reuse) const;
   torch::Device torch_device() const;
   int64_t max_memory_bytes() const;
   // Half of --max-memory for materialized decoder blocks; the rest is for activations.
