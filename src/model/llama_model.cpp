@@ -366,31 +366,35 @@ torch::Tensor LlamaModel::layer_forward(int li, const torch::Tensor& x, int64_t 
 
 namespace {
 
-// h [n, H] times the stored head [V, H] transposed, a tile of vocabulary rows converted at a time.
-torch::Tensor stored_head_logits(const StoredTensorView& w, const torch::Tensor& h) {
+// f(r0, n, rows) for each tile of the stored head [V, H]: rows r0 .. r0+n-1 converted to fp32
+// on `device` (the tiles are the same whatever the memory budget).
+template <class F>
+void for_each_head_tile(const StoredTensorView& w, torch::Device device, F&& f) {
   const int64_t V = w.shape[0], H = w.shape[1];
   const size_t row_bytes = size_t(H) * dtype_size(w.dtype);
-  torch::Tensor logits = torch::empty({h.size(0), V}, h.options());
   torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
   for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
     const int64_t n = std::min(kHeadTileRows, V - r0);
     to_float(w.dtype, w.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
-    logits.narrow(1, r0, n).copy_(torch::matmul(h, tile.narrow(0, 0, n).to(h.device()).t()));
+    f(r0, n, tile.narrow(0, 0, n).to(device));
   }
+}
+
+// h [n, H] times the stored head transposed: logits [n, V].
+torch::Tensor stored_head_logits(const StoredTensorView& w, const torch::Tensor& h) {
+  torch::Tensor logits = torch::empty({h.size(0), w.shape[0]}, h.options());
+  for_each_head_tile(w, h.device(), [&](int64_t r0, int64_t n, const torch::Tensor& rows) {
+    logits.narrow(1, r0, n).copy_(torch::matmul(h, rows.t()));
+  });
   return logits;
 }
 
 // g [n, V] times the stored head: the gradient of stored_head_logits with respect to h.
 torch::Tensor stored_head_input_grad(const StoredTensorView& w, const torch::Tensor& g) {
-  const int64_t V = w.shape[0], H = w.shape[1];
-  const size_t row_bytes = size_t(H) * dtype_size(w.dtype);
-  torch::Tensor grad = torch::zeros({g.size(0), H}, g.options());
-  torch::Tensor tile = torch::empty({std::min(kHeadTileRows, V), H}, torch::kFloat32);
-  for (int64_t r0 = 0; r0 < V; r0 += kHeadTileRows) {
-    const int64_t n = std::min(kHeadTileRows, V - r0);
-    to_float(w.dtype, w.data + size_t(r0) * row_bytes, tile.data_ptr<float>(), size_t(n * H));
-    grad.addmm_(g.narrow(1, r0, n), tile.narrow(0, 0, n).to(g.device()));
-  }
+  torch::Tensor grad = torch::zeros({g.size(0), w.shape[1]}, g.options());
+  for_each_head_tile(w, g.device(), [&](int64_t r0, int64_t n, const torch::Tensor& rows) {
+    grad.addmm_(g.narrow(1, r0, n), rows);
+  });
   return grad;
 }
 
