@@ -16,6 +16,7 @@
 #include "quant/outliers.h"
 #include "quant/resume.h"
 #include "util/crash_point.h"
+#include "util/allocator.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
 #include "util/progress.h"
@@ -289,6 +290,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     torch::Tensor tokens = calib_tokens.narrow(0, 0, std::min<int64_t>(job.gwq_samples, calib_tokens.size(0)));
     gradient_masks[s.outliers->str()] = gradient_outlier_masks(model, tokens, s.outliers->saliency,
                                                                s.outliers->percent, job.outliers_global, go);
+    release_free_memory();
   }
   auto outlier_mask = [&](const std::string& name, const LayerScheme& s, const torch::Tensor& W,
                           const torch::Tensor& H) -> torch::Tensor {

@@ -11,4 +11,6 @@ void keep_freed_memory(HeapPolicy policy) {
   }
   mallopt(M_TRIM_THRESHOLD, 1 << 30);  // give memory back only past 1 GiB of free heap top
 }
+
+void release_free_memory() { malloc_trim(0); }
 }  // namespace lowbit

@@ -12,4 +12,7 @@ namespace lowbit {
 //             with MapLarge, for no less memory.
 enum class HeapPolicy { Reuse, MapLarge };
 void keep_freed_memory(HeapPolicy policy = HeapPolicy::Reuse);
+// Hands the heap's free pages back to the OS (malloc_trim), after a whole-model pass whose
+// many mid-sized buffers are not needed again, e.g. GWQ's gradient pass before GPTQ starts.
+void release_free_memory();
 }  // namespace lowbit
