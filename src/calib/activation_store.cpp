@@ -189,4 +189,8 @@ std::string scratch_dir_or_temp(const std::string& spill_dir) {
   return spill_dir.empty() ? std::filesystem::temp_directory_path().string() : spill_dir;
 }
 
+std::string parking_dir(int64_t budget_bytes, const std::string& spill_dir) {
+  return budget_bytes < 0 ? "" : scratch_dir_or_temp(spill_dir);
+}
+
 }  // namespace lowbit

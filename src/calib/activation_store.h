@@ -59,8 +59,6 @@ class ScratchTensors {
 
   void put(const std::string& name, const torch::Tensor& t);
   torch::Tensor get(const std::string& name) const;  // Error naming it if absent
-  bool contains(const std::string& name) const { return entries_.count(name) > 0; }
-  uint64_t bytes() const { return bytes_; }
 
  private:
   struct Entry {
@@ -71,7 +69,7 @@ class ScratchTensors {
   };
   std::map<std::string, Entry> entries_;
   int fd_ = -1;
-  uint64_t bytes_ = 0;
+  uint64_t bytes_ = 0;  // written to the scratch file so far: the next entry's offset
   std::string spill_dir_;
 };
 
@@ -91,5 +89,8 @@ ActivationPlan plan_activations(int64_t windows, int64_t seqlen, int64_t hidden,
 
 // spill_dir, or the system's temporary directory when it is empty.
 std::string scratch_dir_or_temp(const std::string& spill_dir);
+// Where ScratchTensors park per-layer state: in RAM (empty) without a memory budget (< 0), and
+// on disk (scratch_dir_or_temp) whenever one is set, since it adds up over every layer.
+std::string parking_dir(int64_t budget_bytes, const std::string& spill_dir);
 
 }  // namespace lowbit

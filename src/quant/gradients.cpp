@@ -80,12 +80,12 @@ double compute_gradients(LlamaModel& model, const Tensor& tokens, const Gradient
   for (int l = 0; l <= L; ++l) inputs.push_back(store());
   {
     // Block by block, every batch through block l before block l + 1, which then is dropped:
-    // only the backward pass needs it again, last block first.
+    // only the backward pass needs it again, last block first (so the last one is kept).
     torch::NoGradGuard no_grad;
     for (size_t b = 0; b < nb; ++b) inputs[0]->put(int64_t(b), model.embed(tok.narrow(0, ranges[b].first, ranges[b].second)));
     for (int l = 0; l < L; ++l) {
       for (size_t b = 0; b < nb; ++b) inputs[size_t(l) + 1]->put(int64_t(b), model.layer_forward(l, inputs[size_t(l)]->get(int64_t(b))));
-      model.drop_layer(l);
+      if (l + 1 < L) model.drop_layer(l);
     }
   }
 

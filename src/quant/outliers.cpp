@@ -256,8 +256,7 @@ std::unique_ptr<ScratchTensors> gradient_outlier_masks(LlamaModel& model, const 
   if (rule == Saliency::Hessian) fail("outliers: the Hessian rule needs no gradients; use hessian_saliency");
   options.keep_fisher = rule == Saliency::Fisher && tokens.size(0) > 1;
   options.keep_grad = !options.keep_fisher;
-  auto masks = std::make_unique<ScratchTensors>(options.activation_budget_bytes < 0 ? ""
-                                                    : scratch_dir_or_temp(options.spill_dir));
+  auto masks = std::make_unique<ScratchTensors>(parking_dir(options.activation_budget_bytes, options.spill_dir));
   std::vector<std::pair<std::string, Tensor>> saliencies;  // global only
   const LlamaModel& weights = model;                       // read only: no block stays pinned
   compute_gradients(model, tokens, options, [&](int layer, const std::string& name, LayerGradient&& g) {

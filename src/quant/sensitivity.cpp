@@ -189,7 +189,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
   gradient_options.progress = opt.progress;
   gradient_options.activation_budget_bytes = opt.activation_budget_bytes;
   gradient_options.spill_dir = spill_dir;
-  ScratchTensors fisher(opt.activation_budget_bytes < 0 ? "" : spill_dir);
+  ScratchTensors fisher(parking_dir(opt.activation_budget_bytes, spill_dir));
   if (opt.metric == SensitivityMetric::Fisher) {
     GradientOptions g = gradient_options;
     g.keep_fisher = true;
