@@ -1,5 +1,5 @@
 // Writes a synthetic Llama-shaped checkpoint (model/synthetic_checkpoint.h) for bench/scale.sh:
-//   gen_checkpoint SHAPE OUT_DIR TOKENIZER_DIR     SHAPE: llama-3.2-1b, llama-2-7b, llama-2-13b
+//   gen_checkpoint SHAPE OUT_DIR TOKENIZER_DIR     SHAPE: llama-3.2-1b, llama-2-7b, llama-2-13b[:BLOCKS]
 #include <chrono>
 #include <cstdio>
 

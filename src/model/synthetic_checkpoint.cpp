@@ -14,12 +14,30 @@ namespace lowbit {
 
 namespace fs = std::filesystem;
 
-SyntheticShape SyntheticShape::named(const std::string& n) {
+SyntheticShape SyntheticShape::named(const std::string& spec) {
+  // "llama-2-13b:2": the shape with its first 2 blocks only (per-block costs, memory against depth).
+  const size_t colon = spec.find(':');
+  const std::string n = spec.substr(0, colon);
+  SyntheticShape s;
   // Published configs of the models these shapes stand for.
-  if (n == "llama-3.2-1b") return {n, 2048, 8192, 16, 32, 8, 128256, 131072, true};
-  if (n == "llama-2-7b") return {n, 4096, 11008, 32, 32, 32, 32000, 4096, false};
-  if (n == "llama-2-13b") return {n, 5120, 13824, 40, 40, 40, 32000, 4096, false};
-  fail("unknown synthetic shape '{}' (llama-3.2-1b, llama-2-7b, llama-2-13b)", n);
+  if (n == "llama-3.2-1b") s = {n, 2048, 8192, 16, 32, 8, 128256, 131072, true};
+  else if (n == "llama-2-7b") s = {n, 4096, 11008, 32, 32, 32, 32000, 4096, false};
+  else if (n == "llama-2-13b") s = {n, 5120, 13824, 40, 40, 40, 32000, 4096, false};
+  else fail("unknown synthetic shape '{}' (llama-3.2-1b, llama-2-7b, llama-2-13b, optionally :BLOCKS)", spec);
+  if (colon != std::string::npos) {
+    const std::string blocks = spec.substr(colon + 1);
+    size_t used = 0;
+    int64_t b = 0;
+    try {
+      b = std::stoll(blocks, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != blocks.size() || b < 1 || b > s.layers)
+      fail("synthetic shape '{}': blocks must be 1..{}, not '{}'", spec, s.layers, blocks);
+    s.layers = b;
+    s.name = spec;
+  }
+  return s;
 }
 
 namespace {

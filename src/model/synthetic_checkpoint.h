@@ -15,7 +15,8 @@ struct SyntheticShape {
   std::string name;  // "llama-2-7b", ...
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, vocab = 0, context = 4096;
   bool tied = false;
-  static SyntheticShape named(const std::string& name);  // llama-3.2-1b, llama-2-7b, llama-2-13b
+  // llama-3.2-1b, llama-2-7b, llama-2-13b; "llama-2-13b:2" keeps the first 2 blocks.
+  static SyntheticShape named(const std::string& spec);
 };
 
 struct SyntheticOptions {
