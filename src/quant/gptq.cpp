@@ -34,6 +34,7 @@
 #include <numeric>
 
 #include "quant/grid.h"
+#include "quant/gptq_columns.h"
 #include "quant/methods.h"
 #include "util/error.h"
 
@@ -168,6 +169,11 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   Tensor Ud = U.diagonal().to(torch::kCPU, torch::kFloat64).contiguous();
   const double* ud = Ud.data_ptr<double>();
 
+  // The column loop: fused in C++ (gptq_columns.h) where it applies, else tensor ops per column.
+  const bool fused = o.fused_columns && gptq_columns_apply(spec, dev);
+  GptqColumnSpan span;
+  span.U = U, span.ud = ud, span.keep = keep, span.col_kept = &col_kept;
+
   // Outputs in the original layout, written a block at a time. Per column only the grid value
   // and the dequantized value are computed; codes come from the grid values once per block.
   Tensor codes = torch::empty({rows, cols}, opt.dtype(torch::kUInt8));
@@ -177,7 +183,8 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
     Tensor W1 = Wt.narrow(0, i1, count);  // updated in place
     Tensor Err1 = torch::zeros({count, rows}, opt);
     Tensor V1 = torch::empty({count, rows}, f32), Q1 = torch::empty({count, rows}, f32);
-    for (int64_t i = 0; i < count; ++i) {
+    if (fused) span.W1 = W1, span.Err1 = Err1, span.V1 = V1, span.Q1 = Q1, span.i1 = i1;
+    for (int64_t i = 0; i < count;) {
       const int64_t j = i1 + i;
       if (int64_t k = fit_at[j]; k >= 0) {
         // Current values of the group's columns (all at positions >= j): those in this block are
@@ -194,6 +201,20 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
         }
         params[k] = fit(fit_view(vals, keep.defined() ? keep.index_select(0, torch::tensor(members).to(dev)) : Tensor()));
       }
+      if (fused) {  // every column up to the next group fit in one pass
+        int64_t end = i + 1;
+        while (end < count && fit_at[i1 + end] < 0) ++end;
+        span.step.assign(size_t(count), Tensor()), span.zero.assign(size_t(count), Tensor());
+        for (int64_t c = i; c < end; ++c) {
+          const int64_t k = perm[i1 + c] / g;
+          const SlotParams p = fg.column(params[k], perm[i1 + c] - k * g);
+          span.step[size_t(c)] = p.step.contiguous();
+          if (p.zero.defined()) span.zero[size_t(c)] = p.zero.contiguous();
+        }
+        gptq_quantize_columns(spec, span, i, end);
+        i = end;
+        continue;
+      }
       Tensor w = W1[i], v, q;
       const int64_t k = perm[j] / g;
       Tensor wf = w.to(torch::kFloat32);
@@ -209,6 +230,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
       err.copy_(w).sub_(q).div_(ud[j]);
       if (i + 1 < count)
         W1.narrow(0, i + 1, count - i - 1).addr_(U[j].narrow(0, j + 1, count - i - 1), err, 1, -1);
+      ++i;
     }
     if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
     Tensor C1 = fg.codes_of(V1).t();

@@ -39,6 +39,9 @@ struct GptqOptions {
   // (default): a group is fitted on the current, error-updated weights when the first of its
   // columns is reached. Static: every group fitted up front on W (with or without act_order).
   bool static_groups = false;
+  // The column loop fused in C++ on the CPU (quant/gptq_columns.h); false: LibTorch ops per column,
+  // the reference it is tested against (the same bits).
+  bool fused_columns = true;
   // Optional bool [rows, cols] (any device): elements kept out of the low-bit grid, as sparse
   // FP16 outliers (quant/outliers.h). They count as 0 in every group fit (and NVFP4's tensor
   // scale), store the code of 0, and at their column take their current, error-compensated value

@@ -431,6 +431,59 @@ TEST(Gptq, RejectsBadInput) {
   EXPECT_THROW(quantize_layer(l.W, spec, o, -torch::eye(32)), Error);    // not positive definite
 }
 
+bool same_bits(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+  torch::Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.data_ptr(), y.data_ptr(), size_t(x.numel()) * x.element_size()) == 0;
+}
+
+// The fused C++ column loop (quant/gptq_columns.h) against the tensor loop it replaces on the CPU:
+// the same codes, scales, zero points and dequantized bits (-0 included) for every format family,
+// in float32 and float64, with dynamic and static groups, act_order, groups fitted in the middle of
+// a block (g48 with blocks of 32), kept outliers (a whole column of them too), a dead column and
+// an all-zero row (zero steps). One thread and rows a multiple of 32: addr_ rounds its update once
+// (FMA) in its vector body but twice in a loop's tail, and a thread split can start a tail
+// anywhere, so only then is every element of it fused like ours.
+TEST(Gptq, FusedColumnLoopIsTheTensorLoopBitForBit) {
+  Layer l = random_layer(256, 192, 9);
+  l.W[7].zero_();
+  l.W[11].mul_(1e3);
+  l.H[40].zero_(), l.H.select(1, 40).zero_();
+  torch::manual_seed(2);
+  torch::Tensor keep = torch::rand({256, 192}).lt(0.02);
+  keep.select(1, 100).fill_(true);
+  std::vector<std::string> specs = gptq_specs();
+  for (const char* s : {"int2:g32", "int8:g48:asym", "fp6_e2m3:channel", "nf4:g48", "int4:g48"}) specs.push_back(s);
+  int compared = 0;
+  at::set_num_threads(1);  // OpenBLAS's lazy-batch products differ in the last bits across thread counts
+  for (const std::string& s : specs)
+    for (int mode = 0; mode < 8; ++mode) {
+      const FormatSpec spec = FormatSpec::parse(s);
+      LayerQuantOptions o;
+      o.method = QuantMethod::GPTQ;
+      o.gptq.act_order = mode & 1;
+      o.gptq.static_groups = mode & 2;
+      o.gptq.block_size = mode & 4 ? 32 : 128;
+      const bool fp64 = mode == 5, with_keep = mode == 3 || mode == 6;
+      if (with_keep && spec.granularity == Granularity::Tensor) continue;
+      if (with_keep) o.gptq.keep = keep;
+      const torch::Tensor H = fp64 ? l.H.to(torch::kFloat64) : l.H;
+      o.gptq.fused_columns = false;
+      const LayerQuantResult want = quantize_layer(l.W, spec, o, H);
+      o.gptq.fused_columns = true;
+      const LayerQuantResult got = quantize_layer(l.W, spec, o, H);
+      const std::string what = s + " mode " + std::to_string(mode);
+      EXPECT_TRUE(same_bits(got.dequantized, want.dequantized)) << what;
+      EXPECT_EQ(got.q.codes, want.q.codes) << what;
+      EXPECT_EQ(got.q.scales, want.q.scales) << what;
+      EXPECT_EQ(got.q.zeros, want.q.zeros) << what;
+      EXPECT_EQ(got.weight_mse, want.weight_mse) << what;
+      ++compared;
+    }
+  at::set_num_threads(2);
+  EXPECT_GT(compared, 120);
+}
+
 // --- MoFQ -------------------------------------------------------------------------------------
 
 TEST(Mofq, ChoosesTheLeastErrorAndMatchesSingleFormat) {
