@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Layer quantizer speed: GPTQ (int4:g128) vs MoFQ-RTN (int4:g128 vs fp4_e2m1:g128, weight MSE)
+# Layer quantizer speed: GPTQ (int4:g128, fused and tensor column loops) vs MoFQ-RTN (int4:g128 vs fp4_e2m1:g128, weight MSE)
 # on a synthetic 4096 x 4096 layer whose Hessian comes from 128 x 2048 correlated tokens; both
 # timed in the same run (fastest of 3). Prints a markdown table. Extra arguments go to the binary
 # (e.g. --cols 11008 for an MLP down projection, --threads 1).

@@ -4,6 +4,7 @@
 # vocabulary), generated into a scratch directory outside the repo and deleted afterwards.
 #   SHAPES="llama-3.2-1b llama-2-7b llama-2-13b" bench/scale.sh
 #   ONLY="rtn q4_0 eval" SCRATCH=/data/tmp LLAMA_CPP=~/llama.cpp/build/bin bench/scale.sh
+#   SHAPES="llama-2-13b:2" ONLY="gptq gwq" bench/scale.sh     (a shape's first 2 blocks: per-block costs)
 # ONLY picks rows: rtn q4_0 gptq mofq plan gwq eval eval_q export llama_quantize. Each row runs
 # under /usr/bin/time -v with TIMEOUT seconds; a row that fails or times out says so.
 # LLAMA_CPP: a folder holding llama-quantize; its Q4_0 from the same model's F16 GGUF is the anchor.

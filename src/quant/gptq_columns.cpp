@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "format/int_format.h"
+#include "kernels/kernels.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -30,17 +31,29 @@ namespace {
 constexpr int64_t kTileRows = 256;
 
 // w[r] -= u * e[r] for r < n, rounded once (a fused multiply-add), as LibTorch's addr_ computes
-// it on the CPU: the later columns' share of one column's error.
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-void subtract_scaled_f32(float* w, float u, const float* e, int64_t n) {
-  for (int64_t r = 0; r < n; ++r) w[r] = std::fma(-u, e[r], w[r]);
+// it on the CPU: the later columns' share of one column's error. Compiled for AVX-512 and AVX2
+// with FMA and chosen by the CPU's level (kernels.h); the plain build's std::fma is exact but slow
+// where the CPU has no FMA.
+#define LOWBIT_SUBTRACT_SCALED(name, attr)                                        \
+  attr void name(float* w, float u, const float* e, int64_t n) {                  \
+    for (int64_t r = 0; r < n; ++r) w[r] = std::fma(-u, e[r], w[r]);               \
+  }                                                                               \
+  attr void name(double* w, double u, const double* e, int64_t n) {               \
+    for (int64_t r = 0; r < n; ++r) w[r] = std::fma(-u, e[r], w[r]);               \
+  }
+LOWBIT_SUBTRACT_SCALED(subtract_scaled_avx512, __attribute__((target("avx512f,fma"))))
+LOWBIT_SUBTRACT_SCALED(subtract_scaled_avx2, __attribute__((target("avx2,fma"))))
+LOWBIT_SUBTRACT_SCALED(subtract_scaled_plain, )
+#undef LOWBIT_SUBTRACT_SCALED
+
+template <typename T>
+void subtract_scaled(SimdLevel level, T* w, T u, const T* e, int64_t n) {
+  switch (level) {
+    case SimdLevel::Avx512: return subtract_scaled_avx512(w, u, e, n);
+    case SimdLevel::Avx2: return subtract_scaled_avx2(w, u, e, n);
+    case SimdLevel::Scalar: return subtract_scaled_plain(w, u, e, n);
+  }
 }
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-void subtract_scaled_f64(double* w, double u, const double* e, int64_t n) {
-  for (int64_t r = 0; r < n; ++r) w[r] = std::fma(-u, e[r], w[r]);
-}
-inline void subtract_scaled(float* w, float u, const float* e, int64_t n) { subtract_scaled_f32(w, u, e, n); }
-inline void subtract_scaled(double* w, double u, const double* e, int64_t n) { subtract_scaled_f64(w, u, e, n); }
 
 enum class Rule { Asymmetric, Integer, Codec };
 
@@ -90,6 +103,7 @@ void run_columns(const ElementRule& er, const GptqColumnSpan& s, int64_t ia, int
   float* Q1 = s.Q1.data_ptr<float>();
   const T* U = s.U.data_ptr<T>();
   const bool* keep = s.keep.defined() ? s.keep.data_ptr<bool>() : nullptr;
+  const SimdLevel level = best_simd_level();
   at::parallel_for(0, (rows + kTileRows - 1) / kTileRows, 1, [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTileRows, r1 = std::min(rows, t1 * kTileRows), n = r1 - r0;
     for (int64_t i = ia; i < ib; ++i) {
@@ -113,7 +127,7 @@ void run_columns(const ElementRule& er, const GptqColumnSpan& s, int64_t ia, int
         err[r] = (w[r] - T(q[r])) / d;
       }
       const T* u = U + j * u_row + s.i1 * u_col;  // U[j, i1 + k] = u[k * u_col]
-      for (int64_t k = i + 1; k < count; ++k) subtract_scaled(W1 + k * rows + r0, u[k * u_col], err + r0, n);
+      for (int64_t k = i + 1; k < count; ++k) subtract_scaled(level, W1 + k * rows + r0, u[k * u_col], err + r0, n);
     }
   });
 }
