@@ -30,8 +30,11 @@
 // they received like any other weight, is kept.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <type_traits>
 
 #include "quant/grid.h"
 #include "quant/gptq_columns.h"
@@ -44,10 +47,56 @@ namespace {
 
 using torch::Tensor;
 
-// Upper Cholesky factor of the damped inverse Hessian, as the reference computes it.
+// LAPACK (OpenBLAS): Cholesky factor and triangular inverse, in place, column-major.
+extern "C" {
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info);
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
+void strtri_(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info);
+void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info);
+}
+
+// The upper Cholesky factor U of H⁻¹ (UᵀU = H⁻¹) from one Cholesky factorization and one
+// triangular inverse, in H's own storage: 2n³/3 flops where the reference's cholesky,
+// cholesky_inverse and second cholesky take 4n³/3 (17.7 s -> about 9 s for an 11008² H here).
+// With J the reversal, J H J = L Lᵀ gives H = M Mᵀ, M = J L J upper, so H⁻¹ = (M⁻¹)ᵀ M⁻¹ and
+// U = M⁻¹ = J L⁻¹ J. J H J of a row-major matrix is its flat array reversed; LAPACK's column-major
+// upper factor R (J H J = Rᵀ R) is then the row-major lower L, and its inverse in place L⁻¹.
+template <typename T>
+int inverse_factor_in_place(Tensor& H) {
+  const int n = int(H.size(0));
+  T* a = H.data_ptr<T>();
+  // The lower triangle is H, as for LibTorch's cholesky (a float H need not be exactly symmetric).
+  constexpr int64_t tile = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += tile)
+    for (int64_t j0 = i0; j0 < n; j0 += tile)
+      for (int64_t i = i0; i < std::min<int64_t>(i0 + tile, n); ++i)
+        for (int64_t j = std::max(j0, i + 1); j < std::min<int64_t>(j0 + tile, n); ++j) a[i * n + j] = a[j * n + i];
+  std::reverse(a, a + int64_t(n) * n);
+  int info = 0;
+  if constexpr (std::is_same_v<T, float>) spotrf_("U", &n, a, &n, &info);
+  else dpotrf_("U", &n, a, &n, &info);
+  if (info != 0) return info;
+  if constexpr (std::is_same_v<T, float>) strtri_("U", "N", &n, a, &n, &info);
+  else dtrtri_("U", "N", &n, a, &n, &info);
+  if (info != 0) return -1;
+  std::reverse(a, a + int64_t(n) * n);
+  H.triu_();  // below the factor: what LAPACK left of J H J
+  return 0;
+}
+
+// Upper Cholesky factor of the damped inverse Hessian, as the reference computes it (on the
+// CPU in fewer flops, above). H is consumed.
 Tensor inverse_hessian_factor(Tensor H, double damp) {
   Tensor diag = H.diagonal();
   diag.add_(diag.mean() * damp);
+  if (H.device().is_cpu() && H.size(0) <= std::numeric_limits<int>::max()) {
+    H = H.contiguous();
+    const int info = H.scalar_type() == torch::kFloat64 ? inverse_factor_in_place<double>(H)
+                                                         : inverse_factor_in_place<float>(H);
+    if (info > 0) fail("GPTQ: the Hessian is not positive definite even after damping {}; use a larger damp", damp);
+    if (info < 0) fail("GPTQ: the inverse Hessian lost positive definiteness; use a larger damp");
+    return H;
+  }
   auto [L, info] = torch::linalg_cholesky_ex(H);
   if (info.item<int>() != 0)
     fail("GPTQ: the Hessian is not positive definite even after damping {}; use a larger damp", damp);

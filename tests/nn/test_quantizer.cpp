@@ -11,6 +11,7 @@
 
 #include "format/format.h"
 #include "quant/grid.h"
+#include "quant/methods.h"
 #include "quant/quantizer.h"
 #include "util/allocator.h"
 #include "util/error.h"
@@ -482,6 +483,30 @@ TEST(Gptq, FusedColumnLoopIsTheTensorLoopBitForBit) {
     }
   at::set_num_threads(2);
   EXPECT_GT(compared, 120);
+}
+
+// The inverse Hessian's factor (one Cholesky of the reversed H and a triangular inverse, through
+// LAPACK) against the reference's three calls: cholesky, cholesky_inverse, upper cholesky, in
+// float64 on a damped H with a spread spectrum, and with act_order's permutation. H comes from a
+// float32 product, so its triangles differ in the last bits: both read the lower one.
+TEST(Gptq, InverseHessianFactorIsTheReferences) {
+  Layer l = random_layer(8, 300, 11);
+  const torch::Tensor H = l.H.to(torch::kFloat64);
+  for (bool act_order : {false, true}) {
+    GptqOptions o;
+    o.act_order = act_order;
+    const GptqHessian h = prepare_gptq(H, 300, o, torch::kCPU);
+    torch::Tensor Hd = H.clone();
+    if (act_order) Hd = Hd.index_select(0, h.perm_t).index_select(1, h.perm_t);
+    Hd.diagonal().add_(Hd.diagonal().mean() * o.damp);
+    const torch::Tensor want = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(Hd)), /*upper=*/true);
+    EXPECT_TRUE(torch::allclose(h.U, want, 1e-9, 1e-12)) << (h.U - want).abs().max().item<double>();
+    EXPECT_EQ(h.U.tril(-1).abs().max().item<double>(), 0.0);  // upper triangular
+    // UᵀU = (H + damp)⁻¹, H read from its lower triangle (a float32 H is not exactly symmetric)
+    const torch::Tensor Hs = Hd.tril() + Hd.tril(-1).t();
+    EXPECT_TRUE(torch::allclose(h.U.t().mm(h.U).mm(Hs), torch::eye(300, torch::kFloat64), 1e-8, 1e-8));
+  }
+  EXPECT_THROW(prepare_gptq(-torch::eye(16, torch::kFloat64), 16, GptqOptions{}, torch::kCPU), Error);
 }
 
 // --- MoFQ -------------------------------------------------------------------------------------
