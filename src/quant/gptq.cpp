@@ -1,10 +1,11 @@
 // GPTQ (Frantar et al. 2022), following IST-DASLab/gptq's fasterquant:
 //  1. dead inputs (H_ii == 0): H_ii = 1 and W[:, i] = 0;
 //  2. act_order: columns in order of decreasing diag(H) (a stable sort), undone at the end;
-//  3. H += damp * mean(diag(H)) * I; Hinv = upper Cholesky factor of cholesky_inverse(cholesky(H));
+//  3. H += damp * mean(diag(H)) * I; Hinv = upper Cholesky factor of cholesky_inverse(cholesky(H))
+//     (on the CPU the same factor from one Cholesky and one triangular inverse, below);
 //  4. blocks of block_size columns; per column q = quant(w), err = (w - q) / Hinv_jj, the rest of
 //     the block -= err * Hinv[j, j+1:]; after the block, the later columns get all its errors at
-//     once (one matmul).
+//     once (one matmul). On the CPU the per-column steps run fused in C++ (gptq_columns.h).
 // The working copy is transposed ([cols, rows]) so that a column and the block updates are
 // contiguous. It runs in H's dtype: float64 for tests that compare with a float64 reference,
 // float32 otherwise. Quantization itself is always on float32 values with the format's exact
@@ -57,7 +58,7 @@ void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const 
 
 // The upper Cholesky factor U of H⁻¹ (UᵀU = H⁻¹) from one Cholesky factorization and one
 // triangular inverse, in H's own storage: 2n³/3 flops where the reference's cholesky,
-// cholesky_inverse and second cholesky take 4n³/3 (17.7 s -> about 9 s for an 11008² H here).
+// cholesky_inverse and second cholesky take 4n³/3 (bench/results/gptq-speed-2026-12-07.md).
 // With J the reversal, J H J = L Lᵀ gives H = M Mᵀ, M = J L J upper, so H⁻¹ = (M⁻¹)ᵀ M⁻¹ and
 // U = M⁻¹ = J L⁻¹ J. J H J of a row-major matrix is its flat array reversed; LAPACK's column-major
 // upper factor R (J H J = Rᵀ R) is then the row-major lower L, and its inverse in place L⁻¹.
