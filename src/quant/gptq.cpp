@@ -137,6 +137,7 @@ GptqHessian prepare_gptq(const Tensor& H, int64_t cols, const GptqOptions& o, to
     std::copy(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + cols, h.perm.begin());
     Hd = Hd.index_select(0, h.perm_t).index_select(1, h.perm_t);
   }
+  h.damping = (Hd.diagonal().mean() * o.damp).item<double>();
   h.U = inverse_hessian_factor(Hd, o.damp);
   return h;
 }
@@ -227,6 +228,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   // Outputs in the original layout, written a block at a time. Per column only the grid value
   // and the dequantized value are computed; codes come from the grid values once per block.
   Tensor codes = torch::empty({rows, cols}, opt.dtype(torch::kUInt8));
+  double error_sum = 0;  // Σ err², every column's
   out.dequantized = torch::empty({rows, cols}, f32);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
@@ -282,6 +284,7 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
         W1.narrow(0, i + 1, count - i - 1).addr_(U[j].narrow(0, j + 1, count - i - 1), err, 1, -1);
       ++i;
     }
+    error_sum += Err1.square().sum(torch::kFloat64).item<double>();
     if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
     Tensor C1 = fg.codes_of(V1).t();
     if (o.act_order) {
@@ -298,8 +301,16 @@ QuantOutcome quantize_gptq(const Tensor& W, const Tensor& H, const FormatSpec& s
   // Squared error in row chunks (no full-size temporary).
   for (int64_t r0 = 0; r0 < rows; r0 += 256) {
     int64_t n = std::min<int64_t>(256, rows - r0);
-    out.squared_error += (out.dequantized.narrow(0, r0, n) - Wf.narrow(0, r0, n)).square_().sum().item<double>();
+    out.squared_error += (out.dequantized.narrow(0, r0, n) - Wf.narrow(0, r0, n)).square_().sum(torch::kFloat64).item<double>();
   }
+  // The output error from the errors: W - Q = E U column by column (E the errs), and U Hd Uᵀ = I
+  // for Hd = H + λI (dead columns: 1 + λ on the diagonal, and 0 in W - Q), so tr(ΔW Hd ΔWᵀ) =
+  // Σ err², and with H itself tr(ΔW H ΔWᵀ) = Σ err² - λ ‖ΔW‖², ΔW without the dead columns (H
+  // has zeros there). Exact up to rounding (tests/nn/test_quantizer.cpp compares the product).
+  double dead_error = 0;
+  if (h.dead.defined())
+    dead_error = Wf.index_select(1, h.dead.nonzero().squeeze(1)).square().sum(torch::kFloat64).item<double>();
+  out.output_error = error_sum - h.damping * (out.squared_error - dead_error);
   // Slots in spec.h order: row-major [rows, groups]; one slot per tensor. GGUF extras likewise,
   // with a slot's sub-block values side by side.
   const int64_t prow = per_tensor ? 1 : rows;

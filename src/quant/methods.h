@@ -3,6 +3,7 @@
 // quantizer.cpp turns into a QuantizedTensor.
 #include <torch/types.h>
 
+#include <limits>
 #include <vector>
 
 #include "quant/grid.h"
@@ -19,6 +20,9 @@ struct QuantOutcome {
   float tensor_scale = 1.0f;
   torch::Tensor dequantized;  // [rows, cols] float32
   double squared_error = 0;   // sum((W - dequantized)^2)
+  // GPTQ: tr(ΔW H ΔWᵀ) from its own column errors (gptq.cpp), without another rows x cols x cols
+  // product; NaN where the quantizer does not give it.
+  double output_error = std::numeric_limits<double>::quiet_NaN();
 };
 
 // GGUF types: the params beyond scale that a type stores (quant/ggml_grid.cpp), for quantizers
@@ -56,6 +60,7 @@ struct GptqHessian {
   torch::Tensor perm_t;         // the same as a tensor on the device (act_order only)
   torch::ScalarType dtype = torch::kFloat32;  // H's: float64 or float32
   double damp = 0;
+  double damping = 0;  // what was added to H's diagonal: damp * mean(diag(H))
   bool act_order = false;
 };
 GptqHessian prepare_gptq(const torch::Tensor& H, int64_t cols, const GptqOptions& options, torch::Device device);

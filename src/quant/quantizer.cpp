@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -119,7 +120,8 @@ LayerQuantResult result_of(const torch::Tensor& W, QuantOutcome& r, const LayerQ
   out.dequantized = r.dequantized;
   out.weight_mse = r.squared_error / double(W.numel());
   if (H.defined() && options.compute_output_error)
-    out.output_error = output_error(out.dequantized - W.to(torch::kFloat32), H);
+    out.output_error = std::isnan(r.output_error) ? output_error(out.dequantized - W.to(torch::kFloat32), H)
+                                                  : r.output_error;
   return out;
 }
 

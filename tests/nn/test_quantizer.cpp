@@ -485,6 +485,35 @@ TEST(Gptq, FusedColumnLoopIsTheTensorLoopBitForBit) {
   EXPECT_GT(compared, 120);
 }
 
+// GPTQ's output error from its own column errors, Σ err² - λ‖ΔW‖², against the product
+// tr(ΔW H ΔWᵀ) it replaces: every family, act_order, kept outliers, dead columns, float32 and
+// float64 (where the two agree to rounding).
+TEST(Gptq, OutputErrorFromItsErrorsIsTheProduct) {
+  Layer l = random_layer(96, 256, 12);
+  l.H = l.H.tril() + l.H.tril(-1).t();  // exactly symmetric (GPTQ reads the lower triangle)
+  for (int c : {3, 200}) l.H[c].zero_(), l.H.select(1, c).zero_();
+  torch::manual_seed(3);
+  const torch::Tensor keep = torch::rand({96, 256}).lt(0.01);
+  double worst32 = 0, worst64 = 0;
+  for (const std::string& s : gptq_specs())
+    for (int mode = 0; mode < 4; ++mode) {
+      const FormatSpec spec = FormatSpec::parse(s);
+      LayerQuantOptions o;
+      o.method = QuantMethod::GPTQ;
+      o.gptq.act_order = mode & 1;
+      if ((mode & 2) && spec.granularity != Granularity::Tensor) o.gptq.keep = keep;
+      for (bool fp64 : {false, true}) {
+        const torch::Tensor H = fp64 ? l.H.to(torch::kFloat64) : l.H;
+        const LayerQuantResult r = quantize_layer(l.W, spec, o, H);
+        const double product = output_error(r.dequantized.to(H.scalar_type()) - l.W.to(H.scalar_type()), H);
+        const double rel = std::fabs(r.output_error - product) / product;
+        (fp64 ? worst64 : worst32) = std::max(fp64 ? worst64 : worst32, rel);
+        EXPECT_LT(rel, fp64 ? 1e-9 : 1e-4) << s << " mode " << mode << (fp64 ? " float64" : " float32");
+      }
+    }
+  std::printf("largest relative difference: float32 %.3g, float64 %.3g\n", worst32, worst64);
+}
+
 // The inverse Hessian's factor (one Cholesky of the reversed H and a triangular inverse, through
 // LAPACK) against the reference's three calls: cholesky, cholesky_inverse, upper cholesky, in
 // float64 on a damped H with a spread spectrum, and with act_order's permutation. H comes from a
