@@ -1,16 +1,16 @@
 // GPTQ's column loop inside one lazy-update block, in plain C++ on the CPU (gptq_columns.h).
 //
-// quantize_gptq's LibTorch loop runs about 20 small ops per column, each a pass over all rows:
-// most of GPTQ's time on large layers, and the per-column rank-1 update is not cache-friendly.
-// Here the block is split into tiles of rows; a tile runs every column of the span on its own
-// (rows never interact inside a block), so its part of the block stays in cache, and tiles run on
-// every thread. Each value goes through the same float operations in the same order as the tensor
-// loop: x / step (0 where the step is 0), round-half-even and clamp for integers or the codec's
-// nearest grid value (the scalar reference the tensor grid reproduces), times the step; kept
-// elements quantize 0 and take fp16(x); err = (w - q) / d_j; w_k -= u_jk * err rounded once, as
-// addr_ does (a fused multiply-add; nothing else is contracted: -ffp-contract=off). So the bits are
-// those of the tensor loop
-// (tests/nn/test_quantizer.cpp compares both).
+// quantize_gptq's LibTorch loop runs about 20 small ops per column, each a pass over all rows,
+// and its rank-1 update streams the rest of the block through memory once per column. Here the
+// block is split into tiles of rows; a tile runs every column of the span on its own (rows never
+// interact inside a block), so its part of the block stays in cache, tiles run on every thread,
+// and the result is the same on any number of threads. Each value goes through the tensor loop's
+// float operations in the same order: x / step (0 where the step is 0), round-half-even and clamp
+// for integers or the codec's nearest grid value (the scalar reference the tensor grid
+// reproduces), times the step; kept elements quantize 0 and take fp16(x); err = (w - q) / d_j;
+// w_k -= u_jk * err rounded once, as addr_'s vector body does (a fused multiply-add; nothing else
+// is contracted: -ffp-contract=off). So the bits are those of the tensor loop wherever addr_ runs
+// its vector body (tests/nn/test_quantizer.cpp compares both).
 #include "quant/gptq_columns.h"
 
 #include <ATen/Parallel.h>
