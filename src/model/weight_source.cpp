@@ -9,6 +9,7 @@ namespace lowbit {
 
 void MaterializedBytes::add(int64_t n) {
   const int64_t now = live += n;
+  total += n;
   int64_t p = peak.load();
   while (now > p && !peak.compare_exchange_weak(p, now)) {
   }

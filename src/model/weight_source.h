@@ -28,9 +28,10 @@ struct StoredTensorView {
 
 // Weight bytes a source has handed out and that are still alive (converted copies, and tensors
 // aliasing its memory maps, whose pages become resident as they are read), with their peak: the
-// memory the model's weights take, which the memory-bound tests count.
+// memory the model's weights take, which the memory-bound tests count; and their running total,
+// which counts how often weights are re-read.
 struct MaterializedBytes {
-  std::atomic<int64_t> live{0}, peak{0};
+  std::atomic<int64_t> live{0}, peak{0}, total{0};
   void add(int64_t n);
   void sub(int64_t n) { live -= n; }
 };
@@ -41,6 +42,7 @@ class WeightSource {
   int64_t materialized_bytes() const { return counter_->live; }
   int64_t peak_materialized_bytes() const { return counter_->peak; }
   void reset_peak_materialized_bytes() const { counter_->peak = counter_->live.load(); }
+  int64_t total_materialized_bytes() const { return counter_->total; }
 
   virtual const ModelConfig& config() const = 0;
   virtual bool has(const std::string& name) const = 0;

@@ -83,7 +83,7 @@ double activation_entropy(const Tensor& values, int clusters) {
 // --- KLD probe --------------------------------------------------------------------------------
 
 KldProbe::KldProbe(const LlamaModel& model, const Tensor& tokens, int batch, int64_t activation_budget_bytes,
-                   const std::string& spill_dir, bool progress)
+                   const std::string& spill_dir, bool progress, int extra_stores)
     : model_(model) {
   torch::NoGradGuard no_grad;
   if (tokens.dim() != 2 || tokens.size(0) < 1 || tokens.size(1) < 1)
@@ -92,14 +92,15 @@ KldProbe::KldProbe(const LlamaModel& model, const Tensor& tokens, int batch, int
   const int L = c.num_layers;
   const int64_t n = tokens.size(0), T = tokens.size(1), b = std::max(1, batch);
   // The log-probabilities count as ceil(vocab / hidden) stores of block inputs.
-  const int count = L + int((c.vocab_size + c.hidden_size - 1) / c.hidden_size);
-  const ActivationPlan plan = plan_activations(n, T, c.hidden_size, count, activation_budget_bytes,
-                                               scratch_dir_or_temp(spill_dir), "kld probe",
-                                               "block inputs and the log-probabilities");
+  const int count = L + int((c.vocab_size + c.hidden_size - 1) / c.hidden_size) + std::max(extra_stores, 0);
+  const ActivationPlan plan =
+      plan_activations(n, T, c.hidden_size, count, activation_budget_bytes, scratch_dir_or_temp(spill_dir),
+                       "kld probe", "block inputs, the log-probabilities and the measured blocks' outputs");
   if (progress) std::fprintf(stderr, "%s\n", plan.line.c_str());
+  store_dir_ = plan.dir();
   for (int l = 0; l < L; ++l)
-    inputs_.push_back(std::make_unique<ActivationStore>(n, T, c.hidden_size, b, model.device(), plan.dir()));
-  base_logp_ = std::make_unique<ActivationStore>(n, T, c.vocab_size, b, model.device(), plan.dir());
+    inputs_.push_back(std::make_unique<ActivationStore>(n, T, c.hidden_size, b, model.device(), store_dir_));
+  base_logp_ = std::make_unique<ActivationStore>(n, T, c.vocab_size, b, model.device(), store_dir_);
   Tensor t = tokens.to(model.device());
   for (int64_t k = 0; k < base_logp_->batches(); ++k) {
     Tensor x = model.embed(t.narrow(0, k * b, base_logp_->batch_windows(k)));
@@ -109,23 +110,52 @@ KldProbe::KldProbe(const LlamaModel& model, const Tensor& tokens, int batch, int
     }
     base_logp_->put(k, torch::log_softmax(model.head(x), -1));
   }
+  windows_ = n, seqlen_ = T, batch_ = b;
   positions_ = n * T;
 }
 
-double KldProbe::kld_from(int layer) const {
+int KldProbe::passes_from(int layer) const { return model_.config().num_layers - layer + 1; }
+
+std::unique_ptr<ActivationStore> KldProbe::block_output(int layer) const {
   torch::NoGradGuard no_grad;
   const int L = model_.config().num_layers;
   if (layer < 0 || layer >= L) fail("kld: block {} out of range (0..{})", layer, L - 1);
-  double total = 0;
-  for (int64_t k = 0; k < base_logp_->batches(); ++k) {
-    Tensor x = inputs_[size_t(layer)]->get(k);
-    for (int l = layer; l < L; ++l) x = model_.layer_forward(l, x);
-    Tensor lq = torch::log_softmax(model_.head(x), -1);
-    const Tensor lp = base_logp_->get(k);
-    // Per position in float32 (V terms), over positions in float64.
-    total += (lp.exp() * (lp - lq)).sum(-1).sum(torch::kFloat64).item<double>();
+  const ActivationStore& in = *inputs_[size_t(layer)];
+  auto out = std::make_unique<ActivationStore>(windows_, seqlen_, model_.config().hidden_size, batch_,
+                                               model_.device(), store_dir_);
+  for (int64_t k = 0; k < in.batches(); ++k) out->put(k, model_.layer_forward(layer, in.get(k)));
+  return out;
+}
+
+std::vector<double> KldProbe::kld_after(int layer, const std::vector<ActivationStore*>& outputs,
+                                        const std::function<void()>& after_step) const {
+  torch::NoGradGuard no_grad;
+  const int L = model_.config().num_layers;
+  if (layer < 0 || layer >= L) fail("kld: block {} out of range (0..{})", layer, L - 1);
+  // Block-major: a suffix block serves every output before the next one is needed.
+  for (int l = layer + 1; l < L; ++l) {
+    for (ActivationStore* out : outputs)
+      for (int64_t k = 0; k < out->batches(); ++k) out->put(k, model_.layer_forward(l, out->get(k)));
+    if (after_step) after_step();
   }
-  return total / double(positions_);
+  std::vector<double> kld;
+  for (ActivationStore* out : outputs) {
+    double total = 0;
+    for (int64_t k = 0; k < out->batches(); ++k) {
+      Tensor lq = torch::log_softmax(model_.head(out->get(k)), -1);
+      const Tensor lp = base_logp_->get(k);
+      // Per position in float32 (V terms), over positions in float64.
+      total += (lp.exp() * (lp - lq)).sum(-1).sum(torch::kFloat64).item<double>();
+    }
+    kld.push_back(total / double(positions_));
+  }
+  if (after_step) after_step();
+  return kld;
+}
+
+double KldProbe::kld_from(int layer) const {
+  std::unique_ptr<ActivationStore> out = block_output(layer);
+  return kld_after(layer, {out.get()})[0];
 }
 
 // --- The estimate -----------------------------------------------------------------------------
@@ -215,10 +245,22 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
                                                  gradient_options);
   }
 
+  const size_t linears = DecoderLayer::linear_names().size();
   std::unique_ptr<KldProbe> probe;
-  if (opt.metric == SensitivityMetric::Kld)
-    probe = std::make_unique<KldProbe>(model, toks.narrow(0, 0, std::min<int64_t>(opt.kld_samples, N)), opt.batch,
-                                       opt.activation_budget_bytes, spill_dir, opt.progress);
+  if (opt.metric == SensitivityMetric::Kld) {
+    const Tensor kld_tokens = toks.narrow(0, 0, std::min<int64_t>(opt.kld_samples, N));
+    probe = std::make_unique<KldProbe>(model, kld_tokens, opt.batch, opt.activation_budget_bytes, spill_dir,
+                                       opt.progress, int(linears * candidates.size()));
+    if (opt.progress) {
+      int64_t passes = 0;
+      for (int l = 0; l < L; ++l) passes += int64_t(linears * candidates.size()) * probe->passes_from(l);
+      std::fprintf(stderr,
+                   "kld: %zu measurements (layers × candidates) on %lld×%lld tokens, each through its block, the "
+                   "blocks after it and the head: %lld block passes, %.0f× one forward pass of the model\n",
+                   size_t(L) * linears * candidates.size(), (long long)kld_tokens.size(0),
+                   (long long)kld_tokens.size(1), (long long)passes, double(passes) / (L + 1));
+    }
+  }
 
   SequentialOptions so;
   so.hessian = opt.layer.method == QuantMethod::GPTQ || opt.metric == SensitivityMetric::Hessian || hessian_rule;
@@ -231,15 +273,51 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
   LayerQuantOptions lq = opt.layer;
   lq.compute_output_error = false;
 
-  Progress progress("sensitivity", size_t(L) * 7 * candidates.size(), opt.progress);
+  // Progress in block passes: a kld measurement of block l costs passes_from(l), others one.
+  auto units = [&](int l) { return probe ? size_t(probe->passes_from(l)) : size_t(1); };
+  size_t total = 0;
+  for (int l = 0; l < L; ++l) total += linears * candidates.size() * units(l);
+  Progress progress("sensitivity", total, opt.progress);
   size_t done = 0;
+  std::string where;
+  // Layers measured now whose damages are complete: checked, recorded, and handed to on_measured.
+  std::vector<size_t> measured_now;
+  auto finish_layers = [&] {
+    for (size_t i : measured_now) {
+      const LayerSensitivity& ls = report.layers[i];
+      for (const PlanCandidate& c : ls.candidates)
+        if (!std::isfinite(c.damage)) fail("sensitivity: {} with {} gave a non-finite damage", ls.name, c.format);
+      if (opt.on_measured) opt.on_measured(ls);
+    }
+    measured_now.clear();
+  };
+  // kld: the outputs of the current block under each change, carried through the suffix together
+  // once the block is done.
+  struct Pending {
+    size_t layer_index, candidate;
+    std::unique_ptr<ActivationStore> output;
+  };
+  std::vector<Pending> pending;
+  so.block_done = [&](int l, const ActivationStore&) {
+    if (pending.empty()) return;
+    std::vector<ActivationStore*> outputs;
+    for (Pending& p : pending) outputs.push_back(p.output.get());
+    const std::vector<double> kld = probe->kld_after(l, outputs, [&] {
+      done += pending.size();
+      progress.update(done, where);
+    });
+    for (size_t i = 0; i < pending.size(); ++i)
+      report.layers[pending[i].layer_index].candidates[pending[i].candidate].damage = kld[i];
+    pending.clear();
+    finish_layers();
+  };
   quantize_sequentially(model, toks, so, [&](int l, const std::string& name, Linear& lin, const LinearInputStats& st) {
     if (auto before = opt.measured_before.find(name); before != opt.measured_before.end()) {
       if (before->second.candidates.size() != candidates.size())
         fail("sensitivity: the earlier measurement of {} has {} candidates, not {}", name,
              before->second.candidates.size(), candidates.size());
       report.layers.push_back(before->second);
-      done += candidates.size();
+      done += candidates.size() * units(l);
       return;
     }
     LayerSensitivity ls;
@@ -247,6 +325,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
     ls.layer = l;
     const size_t prefix = fmt::format("model.layers.{}.", l).size();
     ls.short_name = name.substr(prefix, name.size() - prefix - std::string(".weight").size());
+    where = fmt::format("layer {}/{} {}", l + 1, L, ls.short_name);
     const Tensor W = lin.weight;
     ls.rows = W.size(0);
     ls.cols = W.size(1);
@@ -272,7 +351,7 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
         W_hat = quantize_layer(W, spec, lq, H).dequantized;
       }
       W_hat = W_hat.to(W.device(), W.scalar_type());
-      double damage = 0;
+      double damage = std::nan("");  // kld: known once the block is done
       switch (opt.metric) {
         case SensitivityMetric::Hessian: damage = output_error(W_hat - W, H); break;
         case SensitivityMetric::Fisher: {
@@ -283,16 +362,16 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const Tensor& tokens,
         case SensitivityMetric::Kld: {
           RestoreWeight restore{lin.weight, W};
           lin.weight = W_hat;
-          damage = probe->kld_from(l);
+          pending.push_back({report.layers.size(), ls.candidates.size(), probe->block_output(l)});
           break;
         }
       }
-      if (!std::isfinite(damage)) fail("sensitivity: {} with {} gave a non-finite damage", name, c.str());
       ls.candidates.push_back({c.str(), actual.bits(ls.rows, ls.cols), damage});
-      progress.update(++done, fmt::format("layer {}/{} {}", l + 1, L, ls.short_name));
+      progress.update(++done, where);
     }
-    if (opt.on_measured) opt.on_measured(ls);
+    measured_now.push_back(report.layers.size());
     report.layers.push_back(std::move(ls));
+    if (!probe) finish_layers();
   });
   progress.finish();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -131,22 +131,39 @@ SensitivityReport estimate_sensitivity(LlamaModel& model, const torch::Tensor& t
 double activation_entropy(const torch::Tensor& values, int clusters = 100);
 
 // The cached-suffix KL divergence: construction runs the model once over tokens ([n, T]) and keeps
-// every block's input and the log-probabilities; kld_from(l) runs blocks l..L-1 and the head of
-// the model as it is now from the cached input of block l and returns the mean over all n·T
-// positions of Σ_v p(v) (log p(v) − log q(v)), p the cached (construction-time) distribution.
-// The block inputs and full-precision log-probabilities are in RAM within activation_budget_bytes
-// (< 0: always), else in scratch files in spill_dir (default: the system's temporary directory).
+// every block's input and the log-probabilities. A measurement is the mean over all n·T positions
+// of Σ_v p(v) (log p(v) − log q(v)), p the cached (construction-time) distribution and q that of
+// the model as it is now from block l on. The block inputs and full-precision log-probabilities
+// are in RAM within activation_budget_bytes (< 0: always), else in scratch files in spill_dir
+// (default: the system's temporary directory).
+//
+// Cost: every measurement of block l runs blocks l..L-1, so the metric is O(L²) in compute. The
+// suffix is shared: block_output(l) keeps block l's output under one change, and kld_after(l, ...)
+// carries every such output through the suffix block by block, so each suffix block is
+// materialized once per measured block rather than once per layer and candidate.
 class KldProbe {
  public:
   KldProbe(const LlamaModel& model, const torch::Tensor& tokens, int batch = 8, int64_t activation_budget_bytes = -1,
-           const std::string& spill_dir = "", bool progress = false);
+           const std::string& spill_dir = "", bool progress = false, int extra_stores = 0);
+  // kld_after(layer, {block_output(layer)}).
   double kld_from(int layer) const;
+  // Block `layer` of the model as it is now on its cached inputs (in RAM or on disk as the
+  // budget planned, counting extra_stores such outputs).
+  std::unique_ptr<ActivationStore> block_output(int layer) const;
+  // The KL divergence of each output of block `layer` carried through blocks layer+1..L-1 and the
+  // head of the model as it is now. The outputs are consumed (overwritten). after_step is called
+  // after each suffix block and after the head, for progress.
+  std::vector<double> kld_after(int layer, const std::vector<ActivationStore*>& outputs,
+                                const std::function<void()>& after_step = {}) const;
+  // Block passes of one measurement of block `layer`: its own, the suffix's and the head.
+  int passes_from(int layer) const;
 
  private:
   const LlamaModel& model_;
   std::vector<std::unique_ptr<ActivationStore>> inputs_;  // per block, its inputs by batch
   std::unique_ptr<ActivationStore> base_logp_;            // [windows, T, vocab]
-  int64_t positions_ = 0;
+  int64_t windows_ = 0, seqlen_ = 0, batch_ = 1, positions_ = 0;
+  std::string store_dir_;  // where block outputs go: "" (RAM) or the spill directory
 };
 
 // --- Building the plan's input ----------------------------------------------------------------

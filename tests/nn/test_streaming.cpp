@@ -224,6 +224,34 @@ TEST(Streaming, GradientsAndSensitivitiesHoldOneBlockAtATime) {
           << report.layers[i].name << " " << candidates[c].str();
 }
 
+// kld carries every change of block l through the suffix together, block by block: at a budget of
+// one block, each suffix block is read once per measured block, not once per layer and candidate
+// (14 of them per block here, which would read about 8× more).
+TEST(Streaming, KldReadsEachSuffixBlockOncePerMeasuredBlock) {
+  const torch::Tensor tokens = some_tokens();
+  auto src = open_weights(synthetic_model());
+  LlamaModel model(src, torch::kCPU, ModelMemory{0});
+  SensitivityOptions so;
+  so.metric = SensitivityMetric::Kld;
+  so.layer.method = QuantMethod::RTN;
+  so.kld_samples = 2;
+  so.batch = 1;
+  so.entropy_tokens = 0;
+  so.progress = false;
+  const int64_t before = src->total_materialized_bytes();
+  estimate_sensitivity(model, tokens, {LayerScheme::parse("int4:g32"), LayerScheme::parse("int8:g32")}, so);
+  const int64_t read = src->total_materialized_bytes() - before;
+  const int L = int(kShape.layers), C = 2, linears = 7;
+  // Blocks: the probe's pass, the sequential driver's pass, and the suffixes (Σ_l L-1-l). Head
+  // (600×64 fp32) and embedding rows: the probe's pass and one head per measurement.
+  const int64_t head_bytes = 600 * 64 * 4;
+  const int64_t blocks = 2 * L + L * (L - 1) / 2;
+  const int64_t bound = blocks * kBlockBytes + (1 + int64_t(L) * linears * C) * head_bytes + 2 * head_bytes;
+  EXPECT_LE(read, bound);
+  // What one suffix per measurement would read instead.
+  EXPECT_GT(int64_t(linears) * C * (L * (L - 1) / 2) * kBlockBytes, 2 * bound);
+}
+
 // The gradient through a head applied from the stored bytes, tile by tile (9000 rows: three
 // tiles), is the gradient through the same head materialized in fp32. (A graph through the
 // tiles once saved a reused tile buffer, so every tile's backward saw the last tile's rows.)
