@@ -48,8 +48,13 @@ QuantOutcome quantize_rtn(const torch::Tensor& W, const FormatSpec& spec, const 
 // quantize_rtn, bit for bit (tests/nn/test_gguf_quant.cpp), several times faster, for these are
 // what plain `quantize` spends its time on. The weight MSE is summed in another order, so its
 // last digits may differ from quantize_rtn's.
+bool rtn_direct_applies(const FormatSpec& spec, const RtnOptions& options);
 bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options);
 LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec, bool keep_dequantized = true);
+// The same straight from a checkpoint's F32/F16/BF16 bytes ([rows, cols]), each row converted as
+// its thread reaches it: the weight is never materialized whole (plain `quantize` of a 7B model
+// otherwise spends a third of its time converting and first-touching fp32 copies).
+LayerQuantResult quantize_rtn_direct(const StoredTensorView& view, const FormatSpec& spec, bool keep_dequantized);
 
 // What GPTQ derives from H alone (dead columns, act_order permutation, the inverse Hessian's
 // Cholesky factor), so that MoFQ factors H once for all its candidates.

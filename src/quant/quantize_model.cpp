@@ -18,6 +18,7 @@
 #include "util/crash_point.h"
 #include "util/allocator.h"
 #include "util/error.h"
+#include "quant/methods.h"
 #include "util/mapped_file.h"
 #include "util/progress.h"
 
@@ -383,21 +384,29 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     crash_point("linear");
   };
 
-  auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats) {
+  // `stored`: the weight's bytes in the checkpoint, for a caller that has not read linear.weight;
+  // plain RTN quantizes them row by row, and every other method reads the weight first.
+  auto quantize_one = [&](const std::string& name, Linear& linear, const LinearInputStats* stats,
+                          const StoredTensorView* stored = nullptr) {
     torch::Tensor H = stats && stats->hessian.defined() ? stats->hessian : torch::Tensor();
     // GGUF types that cannot hold this row length fall back (format/ggml_formats.h).
     std::vector<LayerScheme> schemes = schemes_of(job, name);
+    const int64_t cols = linear.weight.defined() ? linear.weight.size(1) : src.shape(name).back();
     std::string note;
     for (LayerScheme& s : schemes) {
-      FormatSpec fitted = gguf_format_for_shape(s.format, linear.weight.size(1));
+      FormatSpec fitted = gguf_format_for_shape(s.format, cols);
       if (!(fitted == s.format))
-        note += fmt::format("{}{} cannot hold rows of {}: {}", note.empty() ? "" : "; ", s.format.str(),
-                            linear.weight.size(1), fitted.str());
+        note += fmt::format("{}{} cannot hold rows of {}: {}", note.empty() ? "" : "; ", s.format.str(), cols,
+                            fitted.str());
       s.format = fitted;
     }
     const bool with_outliers = std::any_of(schemes.begin(), schemes.end(), [](const LayerScheme& s) {
       return s.outliers && s.outliers->percent > 0;
     });
+    const bool from_stored = stored && !calibrated && !with_outliers && schemes.size() == 1 &&
+                             !job.quantize_activations && job.layer.method == QuantMethod::RTN &&
+                             rtn_direct_applies(schemes[0].format, job.layer.rtn);
+    if (!from_stored && !linear.weight.defined()) linear.weight = src.get(name).contiguous();
     if (with_outliers) {
       // Each scheme with its outliers; the least error under the job's metric wins (MoFQ).
       std::vector<double> errors;
@@ -433,7 +442,12 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     } else if (candidates.size() == 1) {
       LayerQuantOptions o = job.layer;
       o.keep_dequantized = calibrated;  // the model runs on it; plain RTN only stores the result
-      choice.result = quantize_layer(linear.weight, candidates[0], o, H);
+      if (from_stored) {
+        choice.result = quantize_rtn_direct(*stored, candidates[0], false);
+        release_mapped_pages(stored->data, stored->nbytes);  // not needed again
+      } else {
+        choice.result = quantize_layer(linear.weight, candidates[0], o, H);
+      }
       choice.errors = {job.metric == MofqMetric::OutputError ? choice.result.output_error : choice.result.weight_mse};
     } else {
       choice = choose_format(linear.weight, candidates, job.metric, job.layer, H);
@@ -498,8 +512,8 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
       for (const std::string& short_name : DecoderLayer::linear_names()) {
         const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
         Linear linear;  // one weight in memory at a time, straight from the checkpoint
-        linear.weight = src.get(name).contiguous();
-        quantize_one(name, linear, nullptr);
+        const std::optional<StoredTensorView> stored = src.get_stored(name);
+        quantize_one(name, linear, nullptr, stored ? &*stored : nullptr);
         progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
       }
       block_done(l, nullptr);

@@ -16,11 +16,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "format/ggml_formats.h"
 #include "format/int_format.h"
 #include "format/packing.h"
+#include "io/dtype.h"
 #include "io/ggml_blocks.h"
 #include "quant/methods.h"
 #include "util/error.h"
@@ -39,53 +41,83 @@ LOWBIT_INLINE float round_even(float t) { return (t + kRound) - kRound; }
 LOWBIT_INLINE float clamp(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
 LOWBIT_INLINE bool finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
 
-// The loops below run over 8 lanes of independent elements (and a tail), so that the compiler
-// vectorizes them (the row functions calling them are built for AVX-512, AVX2 and plain x86-64,
-// chosen at load time); every lane computes what the scalar formula does.
+// The loops below run over 8 lanes of independent elements (and a tail) in GCC's vector types,
+// so that every build computes the same lanes in the same order: AVX registers in the AVX-512
+// and AVX2 builds of the row functions (chosen at load time), two SSE halves in the plain x86-64
+// one. Every lane computes what the scalar formula does.
+typedef float F8 __attribute__((vector_size(32)));
+typedef int I8 __attribute__((vector_size(32)));
+LOWBIT_INLINE F8 load8(const float* p) {
+  F8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+LOWBIT_INLINE F8 splat8(float v) { return F8{v, v, v, v, v, v, v, v}; }
+
 struct Magnitude {
   float abs_max = 0, signed_max = 0;
   bool finite = true;
 };
 LOWBIT_INLINE Magnitude magnitude(const float* __restrict x, int n) {
-  float lane[8] = {};
-  uint32_t bad[8] = {};
-  auto visit = [&](int k, float v) {
-    uint32_t bits;
-    std::memcpy(&bits, &v, 4);
-    bad[k] |= (bits & 0x7fffffffu) >= 0x7f800000u;  // Inf or NaN
-    const float a = std::fabs(v);
-    lane[k] = a > lane[k] ? a : lane[k];
-  };
+  const I8 abs_bits = I8{} + 0x7fffffff, inf_bits = I8{} + 0x7f800000;
+  I8 lane{}, bad{};  // |x| as bits: ordered as the floats are, for finite values
   const int n8 = n / 8 * 8;
-  for (int i = 0; i < n8; i += 8)
-    for (int k = 0; k < 8; ++k) visit(k, x[i + k]);
-  for (int j = n8; j < n; ++j) visit(j - n8, x[j]);
-  float abs_max = 0;
-  uint32_t any_bad = 0;
-  for (int k = 0; k < 8; ++k) abs_max = lane[k] > abs_max ? lane[k] : abs_max, any_bad |= bad[k];
+  for (int i = 0; i < n8; i += 8) {
+    I8 bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bits &= abs_bits;
+    bad |= bits >= inf_bits;  // Inf or NaN
+    lane = bits > lane ? bits : lane;
+  }
+  int tail_max = 0, tail_bad = 0;
+  for (int j = n8; j < n; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, x + j, 4);
+    bits &= 0x7fffffffu;
+    tail_bad |= bits >= 0x7f800000u;
+    tail_max = std::max(tail_max, int(bits));
+  }
+  int max_bits = tail_max, any_bad = tail_bad;
+  for (int k = 0; k < 8; ++k) max_bits = std::max(max_bits, lane[k]), any_bad |= bad[k];
   if (any_bad) return {0, 0, false};
+  float abs_max;
+  std::memcpy(&abs_max, &max_bits, 4);
   int first = 0;
   while (std::fabs(x[first]) != abs_max) ++first;  // the first one, as torch's argmax
   return {abs_max, x[first], true};
 }
 
 // Rounds x / step onto [lo, hi] into q, the values back into deq; returns the squared error,
-// summed per lane and then in a fixed order.
+// summed per lane (lane k: elements k, k+8, ... in order) and then in a fixed order.
 LOWBIT_INLINE float quantize_run(const float* __restrict x, int n, float step, float lo, float hi, int* __restrict q,
                                  float* __restrict deq) {
-  float lane[8] = {};
-  auto visit = [&](int k, int j) {
-    // A zero step (step may be -0) quantizes everything to 0.
-    const float v = step == 0 ? 0.0f : clamp(round_even(x[j] / step), lo, hi);
-    q[j] = int(v);
-    deq[j] = (v + 0.0f) * step;  // +0 for q = 0, as the grid's decoded value
-    const float e = deq[j] - x[j];
-    lane[k] += e * e;
-  };
+  // A zero step (step may be -0) quantizes everything to 0.
+  auto level = [&](float v) { return step == 0 ? 0.0f : clamp(round_even(v / step), lo, hi); };
+  F8 lane{};
   const int n8 = n / 8 * 8;
-  for (int i = 0; i < n8; i += 8)
-    for (int k = 0; k < 8; ++k) visit(k, i + k);
-  for (int j = n8; j < n; ++j) visit(j - n8, j);
+  const F8 vlo = splat8(lo), vhi = splat8(hi), vstep = splat8(step), round = splat8(kRound);
+  for (int i = 0; i < n8; i += 8) {
+    const F8 xv = load8(x + i);
+    F8 v{};
+    if (step != 0) {
+      v = (xv / vstep + round) - round;
+      v = v < vlo ? vlo : v;
+      v = v > vhi ? vhi : v;
+    }
+    const I8 qi = __builtin_convertvector(v, I8);
+    const F8 d = (v + 0.0f) * vstep;  // +0 for q = 0, as the grid's decoded value
+    const F8 e = d - xv;
+    lane += e * e;
+    std::memcpy(q + i, &qi, sizeof qi);
+    std::memcpy(deq + i, &d, sizeof d);
+  }
+  for (int j = n8; j < n; ++j) {
+    const float v = level(x[j]);
+    q[j] = int(v);
+    deq[j] = (v + 0.0f) * step;
+    const float e = deq[j] - x[j];
+    lane[j - n8] += e * e;
+  }
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
@@ -160,12 +192,24 @@ Fault quantize_row_int(const float* x, int64_t cols, int64_t g, int bits, float*
     scales[s] = scale;
     sse += quantize_run(x + c0, n, scale, -max, max, q + c0, deq + c0);
   }
-  const int mask = (1 << bits) - 1, per_byte = 8 / bits;
-  for (int64_t c = 0; c < cols; c += per_byte) {
-    uint8_t byte = 0;
-    for (int k = 0; k < per_byte && c + k < cols; ++k) byte |= uint8_t((q[c + k] & mask) << (k * bits));
-    out[c / per_byte] = byte;
-  }
+  // Whole codes per byte, low bits first; a constant code width lets the loop vectorize.
+  auto pack = [&]<int B>() {
+    constexpr int mask = (1 << B) - 1, per_byte = 8 / B;
+    const int64_t whole = cols / per_byte * per_byte;
+    for (int64_t c = 0; c < whole; c += per_byte) {
+      uint8_t byte = 0;
+      for (int k = 0; k < per_byte; ++k) byte |= uint8_t((q[c + k] & mask) << (k * B));
+      out[c / per_byte] = byte;
+    }
+    if (whole < cols) {
+      uint8_t byte = 0;
+      for (int64_t c = whole; c < cols; ++c) byte |= uint8_t((q[c] & mask) << ((c - whole) * B));
+      out[whole / per_byte] = byte;
+    }
+  };
+  if (bits == 2) pack.template operator()<2>();
+  else if (bits == 4) pack.template operator()<4>();
+  else pack.template operator()<8>();
   return Fault::None;
 }
 
@@ -179,19 +223,43 @@ bool plain_symmetric_int(const FormatSpec& spec) {
 
 }  // namespace
 
-bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options) {
-  if (options.clip_search || !W.is_cpu() || W.dim() != 2) return false;
+bool rtn_direct_applies(const FormatSpec& spec, const RtnOptions& options) {
+  if (options.clip_search) return false;
   if (plain_symmetric_int(spec)) return true;
   if (spec.scaling() != Scaling::Ggml) return false;
   const GGMLType t = ggml_type_of(spec);
   return t == GGMLType::Q4_0 || t == GGMLType::Q8_0 || t == GGMLType::Q6_K;
 }
 
-LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec, bool keep_dequantized) {
-  if (W.dim() != 2 || W.numel() == 0) fail("quantize: expected a non-empty 2-D weight matrix");
-  torch::NoGradGuard no_grad;
-  const torch::Tensor w = W.to(torch::kFloat32).contiguous();
-  const int64_t rows = w.size(0), cols = w.size(1);
+bool rtn_direct_applies(const torch::Tensor& W, const FormatSpec& spec, const RtnOptions& options) {
+  return W.is_cpu() && W.dim() == 2 && rtn_direct_applies(spec, options);
+}
+
+namespace {
+
+// The weight's rows as float32: in place from a float32 tensor, or converted from the stored
+// bytes into a scratch row (the same floats: conversion is exact), so that a stored weight is
+// never materialized whole.
+struct RowReader {
+  const float* floats = nullptr;           // [rows, cols], or
+  const StoredTensorView* view = nullptr;  // F32, F16 or BF16 rows
+  int64_t cols = 0;
+  const float* row(int64_t r, float* scratch) const {
+    if (floats) return floats + r * cols;
+    const size_t row_bytes = view->nbytes / size_t(view->shape[0]);
+    to_float(view->dtype, view->data + size_t(r) * row_bytes, scratch, size_t(cols));
+    return scratch;
+  }
+  torch::Tensor stored_whole() const {  // for an error message only
+    torch::Tensor t = torch::empty({view->shape[0], cols}, torch::kFloat32);
+    to_float(view->dtype, view->data, t.data_ptr<float>(), size_t(t.numel()));
+    return t;
+  }
+};
+
+LayerQuantResult quantize_rows(const RowReader& in, int64_t rows, const FormatSpec& spec, bool keep_dequantized,
+                               const std::function<void()>& fail_on_fault) {
+  const int64_t cols = in.cols;
   check_ggml_row_length(spec, cols);
   const bool ggml = spec.scaling() == Scaling::Ggml;
   if (!ggml && !plain_symmetric_int(spec)) fail("internal: no direct RTN for {}", spec.str());
@@ -206,16 +274,16 @@ LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& s
   std::vector<float> scales(size_t(rows * spr));
   std::vector<double> row_sse(static_cast<size_t>(rows));
   std::atomic<int> fault{int(Fault::None)};
-  const float* x = w.data_ptr<float>();
   float* deq_all = keep_dequantized ? out.dequantized.data_ptr<float>() : nullptr;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> row_values(deq_all ? 0 : size_t(cols));  // the values, when not kept
+    std::vector<float> row_in(in.floats ? 0 : size_t(cols));   // a converted stored row
     std::vector<int> row_q(ggml ? 0 : size_t(cols));
     for (int64_t r = begin; r < end && fault == int(Fault::None); ++r) {
       double sse = 0;
       uint8_t* o = bytes.data() + size_t(r) * row_bytes;
       float* deq = deq_all ? deq_all + r * cols : row_values.data();
-      const float* xr = x + r * cols;
+      const float* xr = in.row(r, row_in.data());
       Fault f = !ggml                     ? quantize_row_int(xr, cols, group, spec.bits(), deq, &scales[size_t(r * spr)],
                                                              row_q.data(), o, sse)
                 : type == GGMLType::Q6_K ? quantize_row_q6_k(xr, cols, deq, o, sse)
@@ -224,7 +292,7 @@ LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& s
       row_sse[size_t(r)] = sse;
     }
   });
-  if (fault != int(Fault::None)) fail_unstorable_scale(spec, w);
+  if (fault != int(Fault::None)) fail_on_fault();
   double sse = 0;
   for (double s : row_sse) sse += s;  // in row order: the same on any number of threads
   out.weight_mse = sse / double(rows * cols);
@@ -236,6 +304,26 @@ LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& s
     out.q.scales = std::move(scales);
   }
   return out;
+}
+
+}  // namespace
+
+LayerQuantResult quantize_rtn_direct(const torch::Tensor& W, const FormatSpec& spec, bool keep_dequantized) {
+  if (W.dim() != 2 || W.numel() == 0) fail("quantize: expected a non-empty 2-D weight matrix");
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = W.to(torch::kFloat32).contiguous();
+  RowReader in;
+  in.floats = w.data_ptr<float>(), in.cols = w.size(1);
+  return quantize_rows(in, w.size(0), spec, keep_dequantized, [&] { fail_unstorable_scale(spec, w); });
+}
+
+LayerQuantResult quantize_rtn_direct(const StoredTensorView& view, const FormatSpec& spec, bool keep_dequantized) {
+  if (view.shape.size() != 2 || view.shape[0] == 0 || view.shape[1] == 0)
+    fail("quantize: expected a non-empty 2-D weight matrix");
+  if (!dtype_is_float16or32(view.dtype)) fail("internal: direct RTN of a stored {} tensor", dtype_name(view.dtype));
+  RowReader in;
+  in.view = &view, in.cols = view.shape[1];
+  return quantize_rows(in, view.shape[0], spec, keep_dequantized, [&] { fail_unstorable_scale(spec, in.stored_whole()); });
 }
 
 }  // namespace lowbit

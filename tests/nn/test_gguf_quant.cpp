@@ -247,3 +247,38 @@ TEST(GgufQuant, DirectRtnIsTheTensorPathBitForBit) {
     }
   }
 }
+
+// Plain `quantize` reads each weight's bytes from the checkpoint row by row: the same codes,
+// scales and error as the float32 tensor those bytes hold, from F32, F16 and BF16.
+TEST(GgufQuant, DirectRtnFromStoredBytesIsTheTensorPath) {
+  torch::Tensor w = test_weights(48, 512, 11);
+  w.narrow(0, 1, 1).fill_(1e-9f);
+  for (torch::ScalarType st : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+    const torch::Tensor stored = w.to(st).contiguous();
+    StoredTensorView view;
+    view.dtype = st == torch::kFloat32 ? DType::F32 : st == torch::kFloat16 ? DType::F16 : DType::BF16;
+    view.shape = {w.size(0), w.size(1)};
+    view.data = static_cast<const uint8_t*>(stored.data_ptr());
+    view.nbytes = size_t(stored.numel() * stored.element_size());
+    const torch::Tensor as_float = stored.to(torch::kFloat32);
+    for (const char* name : {"gguf:q4_0", "gguf:q8_0", "gguf:q6_k", "int4:g128", "int4:g100", "int2:g64", "int8:channel"}) {
+      const FormatSpec spec = FormatSpec::parse(name);
+      LayerQuantResult from_bytes = quantize_rtn_direct(view, spec, /*keep_dequantized=*/true);
+      LayerQuantResult from_tensor = quantize_rtn_direct(as_float, spec);
+      EXPECT_EQ(from_bytes.q.blocks, from_tensor.q.blocks) << name;
+      EXPECT_EQ(from_bytes.q.codes, from_tensor.q.codes) << name;
+      expect_same_bits(from_bytes.q.scales, from_tensor.q.scales, name);
+      expect_same_bits(to_vector(from_bytes.dequantized), to_vector(from_tensor.dequantized), name);
+      EXPECT_EQ(from_bytes.weight_mse, from_tensor.weight_mse) << name;
+    }
+  }
+  // A non-finite stored weight is refused with the tensor path's words.
+  torch::Tensor v = torch::zeros({2, 256}, torch::kBFloat16);
+  v[1][33] = std::numeric_limits<float>::infinity();
+  StoredTensorView bad{DType::BF16, {2, 256}, static_cast<const uint8_t*>(v.data_ptr()), size_t(v.numel() * 2)};
+  std::string from_bytes, from_tensor;
+  try { quantize_rtn_direct(bad, FormatSpec::parse("int4:g128"), false); } catch (const Error& e) { from_bytes = e.what(); }
+  try { quantize_rtn_direct(v.to(torch::kFloat32), FormatSpec::parse("int4:g128")); } catch (const Error& e) { from_tensor = e.what(); }
+  EXPECT_FALSE(from_bytes.empty());
+  EXPECT_EQ(from_bytes, from_tensor);
+}
