@@ -13,12 +13,12 @@
 #include "io/quantized_checkpoint.h"
 #include "model/model_loader.h"
 #include "quant/activation.h"
+#include "quant/methods.h"
 #include "quant/outliers.h"
 #include "quant/resume.h"
 #include "util/crash_point.h"
 #include "util/allocator.h"
 #include "util/error.h"
-#include "quant/methods.h"
 #include "util/mapped_file.h"
 #include "util/progress.h"
 

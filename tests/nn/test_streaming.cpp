@@ -44,6 +44,18 @@ torch::Tensor some_tokens() {
   return torch::randint(3, 512, {2, 40}, torch::kLong);
 }
 
+// plan's kld sensitivity of RTN candidates on two windows, one per pass.
+SensitivityOptions rtn_kld_options() {
+  SensitivityOptions so;
+  so.metric = SensitivityMetric::Kld;
+  so.layer.method = QuantMethod::RTN;
+  so.kld_samples = 2;
+  so.batch = 1;
+  so.entropy_tokens = 0;
+  so.progress = false;
+  return so;
+}
+
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), {});
@@ -195,13 +207,7 @@ TEST(Streaming, GradientsAndSensitivitiesHoldOneBlockAtATime) {
     // Gradients hold one block whatever the budget: each is dropped once a pass is done with it.
     if (budget != ModelMemory::kAll)
       EXPECT_LE(src->peak_materialized_bytes(), kBlockBytes + 64 * 4) << "gradients, budget " << budget;
-    SensitivityOptions so;
-    so.metric = SensitivityMetric::Kld;
-    so.layer.method = QuantMethod::RTN;
-    so.kld_samples = 2;
-    so.batch = 1;
-    so.entropy_tokens = 0;
-    so.progress = false;
+    SensitivityOptions so = rtn_kld_options();
     so.activation_budget_bytes = g.activation_budget_bytes;
     SensitivityReport report = estimate_sensitivity(model, tokens, candidates, so);
     return std::make_pair(grads, report);
@@ -231,13 +237,7 @@ TEST(Streaming, KldReadsEachSuffixBlockOncePerMeasuredBlock) {
   const torch::Tensor tokens = some_tokens();
   auto src = open_weights(synthetic_model());
   LlamaModel model(src, torch::kCPU, ModelMemory{0});
-  SensitivityOptions so;
-  so.metric = SensitivityMetric::Kld;
-  so.layer.method = QuantMethod::RTN;
-  so.kld_samples = 2;
-  so.batch = 1;
-  so.entropy_tokens = 0;
-  so.progress = false;
+  const SensitivityOptions so = rtn_kld_options();
   const int64_t before = src->total_materialized_bytes();
   estimate_sensitivity(model, tokens, {LayerScheme::parse("int4:g32"), LayerScheme::parse("int8:g32")}, so);
   const int64_t read = src->total_materialized_bytes() - before;
