@@ -28,6 +28,11 @@ const Codec& int_codec(int bits, bool is_signed) {
   return *codecs[bits][is_signed ? 1 : 0];
 }
 
+bool is_int_codec(const Codec& codec, bool is_signed) {
+  const int b = codec.bits();
+  return b >= 2 && b <= 8 && &codec == &int_codec(b, is_signed);
+}
+
 std::optional<ElementDef> match_int(std::string_view token) {
   if (!token.starts_with("int")) return std::nullopt;
   auto bits = parse_count(token.substr(3));

@@ -15,6 +15,9 @@
 namespace lowbit {
 
 const Codec& int_codec(int bits, bool is_signed);  // bits 2..8
+// Whether `codec` is int_codec(bits, is_signed) for its own bit width (quantizers take integer
+// shortcuts for these: round, clamp, no grid search).
+bool is_int_codec(const Codec& codec, bool is_signed);
 
 // Registry matcher for "int2".."int8".
 std::optional<ElementDef> match_int(std::string_view token);

@@ -86,7 +86,7 @@ ElementRule element_rule(const FormatSpec& spec) {
   ElementRule e;
   if (spec.asymmetric) {
     e.rule = Rule::Asymmetric, e.lo = 0, e.hi = codec.max();
-  } else if (codec.bits() >= 2 && &codec == &int_codec(codec.bits(), true)) {
+  } else if (is_int_codec(codec, true)) {
     e.rule = Rule::Integer, e.lo = codec.min(), e.hi = codec.max();
   } else {
     e.rule = Rule::Codec, e.codec = &codec;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "format/int_format.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -52,13 +53,12 @@ Grid::Grid(const Codec& codec, torch::Device device) : codec_(codec) {
   for (int c = 0; c < codec.num_codes(); ++c) values[c] = codec.decode(uint8_t(c));
   value_of_code_ = f32_tensor(values, device);
   const std::vector<float>& grid = codec.grid();
-  int b = codec.bits();
-  if (b >= 2 && &codec == &int_codec(b, true)) {
+  if (is_int_codec(codec, true)) {
     kind_ = Kind::SignedInt;
     lo_ = grid.front(), hi_ = grid.back();
     return;
   }
-  if (b >= 2 && &codec == &int_codec(b, false)) {
+  if (is_int_codec(codec, false)) {
     kind_ = Kind::UnsignedInt;
     lo_ = grid.front(), hi_ = grid.back();
     return;
