@@ -47,12 +47,6 @@ LOWBIT_INLINE bool finite(float v) { return std::fabs(v) <= std::numeric_limits<
 // one. Every lane computes what the scalar formula does.
 typedef float F8 __attribute__((vector_size(32)));
 typedef int I8 __attribute__((vector_size(32)));
-LOWBIT_INLINE F8 load8(const float* p) {
-  F8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-LOWBIT_INLINE F8 splat8(float v) { return F8{v, v, v, v, v, v, v, v}; }
 
 struct Magnitude {
   float abs_max = 0, signed_max = 0;
@@ -95,9 +89,13 @@ LOWBIT_INLINE float quantize_run(const float* __restrict x, int n, float step, f
   auto level = [&](float v) { return step == 0 ? 0.0f : clamp(round_even(v / step), lo, hi); };
   F8 lane{};
   const int n8 = n / 8 * 8;
-  const F8 vlo = splat8(lo), vhi = splat8(hi), vstep = splat8(step), round = splat8(kRound);
+  // Every lane set, not 0 + v: a step of -0 must stay -0 (its values are -0, as the grid's).
+  const F8 vlo = {lo, lo, lo, lo, lo, lo, lo, lo}, vhi = {hi, hi, hi, hi, hi, hi, hi, hi};
+  const F8 vstep = {step, step, step, step, step, step, step, step};
+  const F8 round = {kRound, kRound, kRound, kRound, kRound, kRound, kRound, kRound};
   for (int i = 0; i < n8; i += 8) {
-    const F8 xv = load8(x + i);
+    F8 xv;
+    std::memcpy(&xv, x + i, sizeof xv);
     F8 v{};
     if (step != 0) {
       v = (xv / vstep + round) - round;
@@ -218,7 +216,7 @@ bool plain_symmetric_int(const FormatSpec& spec) {
   if (spec.scaling() != Scaling::Plain || spec.asymmetric) return false;
   if (spec.granularity != Granularity::Group && spec.granularity != Granularity::Channel) return false;
   const int b = spec.bits();
-  return (b == 2 || b == 4 || b == 8) && &spec.codec() == &int_codec(b, true);
+  return (b == 2 || b == 4 || b == 8) && is_int_codec(spec.codec(), true);
 }
 
 }  // namespace
