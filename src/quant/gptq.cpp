@@ -85,11 +85,10 @@ int inverse_factor_in_place(Tensor& H) {
   return 0;
 }
 
-// Upper Cholesky factor of the damped inverse Hessian, as the reference computes it (on the
-// CPU in fewer flops, above). H is consumed.
-Tensor inverse_hessian_factor(Tensor H, double damp) {
-  Tensor diag = H.diagonal();
-  diag.add_(diag.mean() * damp);
+// Upper Cholesky factor of the inverse of H + damping·I (damping = damp · mean(diag(H))), as the
+// reference computes it (on the CPU in fewer flops, above). H is consumed.
+Tensor inverse_hessian_factor(Tensor H, double damping, double damp) {
+  H.diagonal().add_(damping);
   if (H.device().is_cpu() && H.size(0) <= std::numeric_limits<int>::max()) {
     H = H.contiguous();
     const int info = H.scalar_type() == torch::kFloat64 ? inverse_factor_in_place<double>(H)
@@ -138,7 +137,7 @@ GptqHessian prepare_gptq(const Tensor& H, int64_t cols, const GptqOptions& o, to
     Hd = Hd.index_select(0, h.perm_t).index_select(1, h.perm_t);
   }
   h.damping = (Hd.diagonal().mean() * o.damp).item<double>();
-  h.U = inverse_hessian_factor(Hd, o.damp);
+  h.U = inverse_hessian_factor(Hd, h.damping, o.damp);
   return h;
 }
 
