@@ -3,9 +3,11 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 #include <vector>
 
+#include "format/token.h"
 #include "io/safetensors.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -26,15 +28,9 @@ SyntheticShape SyntheticShape::named(const std::string& spec) {
   else fail("unknown synthetic shape '{}' (llama-3.2-1b, llama-2-7b, llama-2-13b, optionally :BLOCKS)", spec);
   if (colon != std::string::npos) {
     const std::string blocks = spec.substr(colon + 1);
-    size_t used = 0;
-    int64_t b = 0;
-    try {
-      b = std::stoll(blocks, &used);
-    } catch (const std::exception&) {
-    }
-    if (used != blocks.size() || b < 1 || b > s.layers)
-      fail("synthetic shape '{}': blocks must be 1..{}, not '{}'", spec, s.layers, blocks);
-    s.layers = b;
+    const std::optional<int64_t> b = parse_count(blocks);
+    if (!b || *b > s.layers) fail("synthetic shape '{}': blocks must be 1..{}, not '{}'", spec, s.layers, blocks);
+    s.layers = *b;
     s.name = spec;
   }
   return s;

@@ -63,6 +63,19 @@ std::string slurp(const fs::path& p) {
 
 }  // namespace
 
+// bench/scale.sh's "SHAPE:BLOCKS": the published shape with its first blocks only.
+TEST(Streaming, SyntheticShapeKeepsTheBlocksAskedFor) {
+  const SyntheticShape full = SyntheticShape::named("llama-2-13b"), two = SyntheticShape::named("llama-2-13b:2");
+  EXPECT_EQ(full.layers, 40);
+  EXPECT_EQ(two.layers, 2);
+  EXPECT_EQ(two.hidden, 5120);
+  EXPECT_EQ(two.intermediate, 13824);
+  EXPECT_EQ(two.name, "llama-2-13b:2");
+  EXPECT_EQ(SyntheticShape::named("llama-2-7b:32").layers, 32);
+  for (const char* bad : {"llama-2-7b:0", "llama-2-7b:33", "llama-2-7b:", "llama-2-7b:x", "llama-2-7b:-1", "llama-9b:2"})
+    EXPECT_THROW(SyntheticShape::named(bad), Error) << bad;
+}
+
 TEST(Streaming, SyntheticCheckpointHasTheShapeAskedFor) {
   auto src = open_weights(synthetic_model());
   EXPECT_EQ(src->config().num_layers, 6);
