@@ -23,7 +23,9 @@ namespace lowbit {
 
 namespace {
 
-enum class Source { Stored, Rtn, Float };
+// Stored: a lowbit checkpoint's quantized weight, read from the source. Given: a quantized weight
+// handed to GgufModelWriter::add_quantized. Rtn: quantized here. Float: a float type.
+enum class Source { Stored, Given, Rtn, Float };
 
 struct TensorPlan {
   std::string hf, gguf;
@@ -118,7 +120,9 @@ uint32_t llama_file_type(GGMLType t) {  // llama.cpp's llama_ftype, from the mos
   }
 }
 
-std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptions& o, GGMLType* most_common) {
+// given: the formats of the weights a quantize run hands over (their GGUF types by gguf_type_of_stored).
+std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptions& o,
+                                  const std::map<std::string, FormatSpec>& given, GGMLType* most_common) {
   const ModelConfig& cfg = src.config();
   check_gguf_model(cfg);
   const nlohmann::json qc = src.quantization_config();
@@ -132,6 +136,12 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
     FormatSpec spec = FormatSpec::parse(tc.at("format").get<std::string>());
     auto shape = tc.at("shape").get<std::vector<int64_t>>();
     check_gguf_linear(name, spec, shape.at(1), tc.contains("outliers"));
+    weights_of_type[ggml_type_of(*gguf_type_of_stored(spec))] += shape.at(0) * shape.at(1);
+  }
+  for (const auto& [name, spec] : given) {
+    if (!src.has(name)) fail("internal: GGUF output of {}, which the model does not have", name);
+    const std::vector<int64_t> shape = src.shape(name);
+    check_gguf_linear(name, spec, shape.back(), false);
     weights_of_type[ggml_type_of(*gguf_type_of_stored(spec))] += shape.at(0) * shape.at(1);
   }
   GGMLType common = ggml_type_of(float_type);
@@ -148,15 +158,19 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
     FormatSpec wanted = float_type;
     if (t.shape.size() == 1) {
       wanted = FormatSpec::parse("gguf:f32");
+    } else if (auto g = given.find(hf); g != given.end()) {
+      wanted = *gguf_type_of_stored(g->second);
+      t.source = Source::Given;
     } else if (stored.contains(hf)) {
       wanted = *gguf_type_of_stored(FormatSpec::parse(stored[hf].at("format").get<std::string>()));
       t.source = Source::Stored;
     } else if (t.shape.size() == 2) {
       const bool embed = hf == "model.embed_tokens.weight";
       const bool output = hf == "lm_head.weight" || (embed && !src.has("lm_head.weight"));
-      // A lowbit checkpoint keeps float tensors in the source's dtype: so does the GGUF file.
+      // A lowbit checkpoint keeps float tensors in the source's dtype: so does the GGUF file, and
+      // so does a quantize run's (the same file as its checkpoint's export).
       FormatSpec as_stored = float_type;
-      if (!o.float_type && qc.is_object())
+      if (!o.float_type && (qc.is_object() || !given.empty()))
         if (auto view = src.get_stored(hf)) as_stored = FormatSpec::parse(gguf_float_type_name(view->dtype));
       wanted = as_stored;
       if (output) wanted = o.output_type.value_or(as_stored);
@@ -167,7 +181,7 @@ std::vector<TensorPlan> make_plan(const WeightSource& src, const GgufExportOptio
     }
     t.type = gguf_format_for_shape(wanted, t.shape.back());
     if (t.type.str() != wanted.str()) {
-      if (t.source == Source::Stored) fail("internal: stored {} does not fit its rows", hf);
+      if (t.source == Source::Stored || t.source == Source::Given) fail("internal: stored {} does not fit its rows", hf);
       t.note = fmt::format("{} cannot hold rows of {}", wanted.str(), t.shape.back());
       if (is_float_type(t.type)) t.source = Source::Float;
     }
@@ -184,7 +198,9 @@ GgufExportReport report_of(const std::vector<TensorPlan>& plan) {
     GgufTensorReport tr;
     tr.name = t.gguf;
     tr.type = std::string(ggml_type_info(ggml_type_of(t.type)).name);
-    tr.source = t.source == Source::Stored ? "stored" : t.source == Source::Rtn ? "rtn" : "float";
+    tr.source = t.source == Source::Stored || t.source == Source::Given ? "stored"
+                : t.source == Source::Rtn                                ? "rtn"
+                                                                         : "float";
     tr.note = t.note;
     tr.shape = t.shape;
     tr.bytes = *ggml_nbytes(ggml_type_info(ggml_type_of(t.type)), std::vector<int64_t>(t.shape.rbegin(), t.shape.rend()));
@@ -248,68 +264,117 @@ void check_gguf_linear(const std::string& name, const FormatSpec& format, int64_
 
 namespace {
 
-// The bytes of one tensor in its planned type and llama.cpp's row order.
-std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t, const std::string& arch) {
-  std::vector<uint8_t> bytes;
-  if (t.source == Source::Stored) {
-    bytes = stored_blocks(*src.get_quantized(t.hf), t.type);
-  } else {
-    LayerQuantOptions o;  // RTN, or the rounding of a float type
-    o.compute_output_error = false;
-    o.keep_dequantized = false;
-    std::optional<StoredTensorView> view = t.shape.size() == 2 ? src.get_stored(t.hf) : std::nullopt;
-    if (view && gguf_float_type_name(view->dtype) == t.type.str()) {
-      bytes.assign(view->data, view->data + view->nbytes);  // already in the planned float type
-      release_mapped_pages(view->data, view->nbytes);
-    } else if (view && rows_quantized_independently(t.type)) {
-      bytes = quantize_stored_rows(*view, t.type, o).q.blocks;  // a tile at a time
-    } else {
-      torch::Tensor w = src.get(t.hf);
-      if (w.dim() == 1) w = w.view({1, -1});
-      bytes = quantize_layer(w, t.type, o).q.blocks;
-    }
-  }
-  const ModelConfig& c = src.config();
+// A tensor's bytes in llama.cpp's row order: the llama architecture's q and k rows permuted.
+std::vector<uint8_t> in_llama_row_order(std::vector<uint8_t> bytes, const TensorPlan& t, const ModelConfig& c,
+                                        const std::string& arch) {
   const bool q = t.hf.ends_with("q_proj.weight"), k = t.hf.ends_with("k_proj.weight");
-  if (arch == "llama" && (q || k)) bytes = permute_rows(bytes, llama_qk_row_order(t.shape[0], c.head_dim));
+  if (arch == "llama" && (q || k)) return permute_rows(bytes, llama_qk_row_order(t.shape[0], c.head_dim));
   return bytes;
+}
+
+// The bytes of one tensor read from the source, in its planned type.
+std::vector<uint8_t> tensor_bytes(const WeightSource& src, const TensorPlan& t) {
+  if (t.source == Source::Stored) return stored_blocks(*src.get_quantized(t.hf), t.type);
+  LayerQuantOptions o;  // RTN, or the rounding of a float type
+  o.compute_output_error = false;
+  o.keep_dequantized = false;
+  std::optional<StoredTensorView> view = t.shape.size() == 2 ? src.get_stored(t.hf) : std::nullopt;
+  if (view && gguf_float_type_name(view->dtype) == t.type.str()) {
+    std::vector<uint8_t> bytes(view->data, view->data + view->nbytes);  // already in the planned float type
+    release_mapped_pages(view->data, view->nbytes);
+    return bytes;
+  }
+  if (view && rows_quantized_independently(t.type)) return quantize_stored_rows(*view, t.type, o).q.blocks;  // a tile at a time
+  torch::Tensor w = src.get(t.hf);
+  if (w.dim() == 1) w = w.view({1, -1});
+  return quantize_layer(w, t.type, o).q.blocks;
 }
 
 }  // namespace
 
-GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOptions& options) {
-  return report_of(make_plan(source, options, nullptr));
-}
+struct GgufModelWriter::Impl {
+  const WeightSource& src;
+  std::string arch;
+  std::vector<TensorPlan> plan;
+  size_t next = 0;                                       // plan[next] is the next tensor to write
+  std::map<std::string, std::vector<uint8_t>> arrived;   // given tensors that came before their turn
+  GGUFWriter w;
+  std::unique_ptr<Progress> progress;
+  Impl(const WeightSource& s, const std::string& out) : src(s), w(out) {}
 
-GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer, const GgufExportOptions& o) {
+  // Writes tensors in plan order for as long as each one is at hand.
+  void advance() {
+    while (next < plan.size()) {
+      const TensorPlan& t = plan[next];
+      std::vector<uint8_t> bytes;
+      if (t.source == Source::Given) {
+        auto it = arrived.find(t.hf);
+        if (it == arrived.end()) return;
+        bytes = std::move(it->second);
+        arrived.erase(it);
+      } else {
+        bytes = in_llama_row_order(tensor_bytes(src, t), t, src.config(), arch);
+      }
+      w.write_tensor(t.gguf, bytes.data(), bytes.size());
+      ++next;
+      if (progress) progress->update(next, t.gguf);
+    }
+  }
+};
+
+GgufModelWriter::GgufModelWriter(const WeightSource& src, const Tokenizer& tokenizer, const GgufExportOptions& o,
+                                 const std::map<std::string, FormatSpec>& given) {
   if (o.out.empty()) fail("GGUF export: no output file");
   check_output_path(o.out, OutputKind::Gguf, o.replace, {src.description()});
   GGMLType common;
-  std::vector<TensorPlan> plan = make_plan(src, o, &common);
+  std::vector<TensorPlan> plan = make_plan(src, o, given, &common);
   const ModelConfig& cfg = src.config();
-  const std::string arch = arch_of(cfg);
-
-  GGUFWriter w(o.out);
-  w.set_string("general.architecture", arch);
+  impl_ = std::make_unique<Impl>(src, o.out);
+  impl_->arch = arch_of(cfg);
+  impl_->plan = std::move(plan);
+  GGUFWriter& w = impl_->w;
+  w.set_string("general.architecture", impl_->arch);
   std::string name = o.name;
   if (name.empty()) name = std::filesystem::path(src.description()).filename().string();
   w.set_string("general.name", name);
-  write_hyper_parameters(w, cfg, arch);
+  write_hyper_parameters(w, cfg, impl_->arch);
   w.set_u32("general.file_type", llama_file_type(common));
   w.set_u32("general.quantization_version", 2);  // ggml's block layouts as of 2023 (QK_K = 256)
   w.set_string(kGgufOutputKey, "gguf");  // marks the file as lowbit's own (io/output_path.h)
   for (auto& [key, value] : gguf_tokenizer_metadata(tokenizer, o.tokenizer_dir)) w.set(key, value);
+  for (const TensorPlan& t : impl_->plan) w.add_tensor(t.gguf, t.shape, ggml_type_of(t.type));
+  // A quantize run has its own progress line; an export shows the tensors written.
+  if (given.empty()) impl_->progress = std::make_unique<Progress>("export gguf", impl_->plan.size(), o.progress);
+}
 
-  for (const TensorPlan& t : plan) w.add_tensor(t.gguf, t.shape, ggml_type_of(t.type));
-  Progress progress("export gguf", plan.size(), o.progress);
-  for (size_t i = 0; i < plan.size(); ++i) {  // one tensor in memory at a time
-    std::vector<uint8_t> bytes = tensor_bytes(src, plan[i], arch);
-    w.write_tensor(plan[i].gguf, bytes.data(), bytes.size());
-    progress.update(i + 1, plan[i].gguf);
-  }
-  w.finish();
-  progress.finish();
-  return report_of(plan);
+GgufModelWriter::~GgufModelWriter() = default;
+
+void GgufModelWriter::add_quantized(const std::string& hf, const QuantizedTensor& q) {
+  Impl& m = *impl_;
+  auto t = std::find_if(m.plan.begin(), m.plan.end(), [&](const TensorPlan& p) { return p.hf == hf; });
+  const std::optional<FormatSpec> type = gguf_type_of_stored(q.spec);
+  if (t == m.plan.end() || t->source != Source::Given || m.arrived.count(hf) ||
+      t < m.plan.begin() + int64_t(m.next) || !type || type->str() != t->type.str())
+    fail("internal: GGUF output of {} as {}, not as planned", hf, q.spec.str());
+  m.arrived[hf] = in_llama_row_order(stored_blocks(q, t->type), *t, m.src.config(), m.arch);
+  m.advance();
+}
+
+GgufExportReport GgufModelWriter::finish() {
+  Impl& m = *impl_;
+  m.advance();
+  if (m.next < m.plan.size()) fail("internal: GGUF output: {} was never given", m.plan[m.next].hf);
+  m.w.finish();
+  if (m.progress) m.progress->finish();
+  return report_of(m.plan);
+}
+
+GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOptions& options) {
+  return report_of(make_plan(source, options, {}, nullptr));
+}
+
+GgufExportReport export_gguf(const WeightSource& src, const Tokenizer& tokenizer, const GgufExportOptions& o) {
+  return GgufModelWriter(src, tokenizer, o).finish();  // every tensor read from src, one at a time
 }
 
 }  // namespace lowbit

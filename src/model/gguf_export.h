@@ -15,10 +15,13 @@
 //    quantized embedding and head as llama-quantize would (gguf_embedding_type).
 // A row length a type cannot hold gets the fallback of format/ggml_formats.h
 // (gguf_format_for_shape), reported per tensor.
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "format/quantized_tensor.h"
 #include "format/spec.h"
 #include "io/ggml_type.h"
 #include "model/weight_source.h"
@@ -66,5 +69,25 @@ void check_gguf_linear(const std::string& name, const FormatSpec& format, int64_
 GgufExportReport plan_gguf_export(const WeightSource& source, const GgufExportOptions& options);
 
 GgufExportReport export_gguf(const WeightSource& source, const Tokenizer& tokenizer, const GgufExportOptions& options);
+
+// The writer behind export_gguf, which `lowbit quantize --out-gguf` also feeds directly, so that
+// no intermediate checkpoint is written. Tensors go to the file in llama.cpp's order (token_embd,
+// the blocks, output_norm, output); each is read from the source when its turn comes, except the
+// `given` ones (HF name -> format, each fitted to its rows and held exactly by a GGUF type), whose
+// quantized values come through add_quantized in any order and wait for their turn (at most the
+// output head and one block's linears). The file is the one export_gguf writes from the
+// checkpoint the same run would have written. Everything is checked before the first byte.
+class GgufModelWriter {
+ public:
+  GgufModelWriter(const WeightSource& source, const Tokenizer& tokenizer, const GgufExportOptions& options,
+                  const std::map<std::string, FormatSpec>& given = {});
+  ~GgufModelWriter();  // unfinished: nothing is left behind
+  void add_quantized(const std::string& hf_name, const QuantizedTensor& q);
+  GgufExportReport finish();  // writes what is left and renames the file into place
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace lowbit

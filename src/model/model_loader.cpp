@@ -47,7 +47,7 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
                        ModelMemory memory) {
   LoadedModel m;
   m.source = open_weights(path);
-  m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(*m.source, path, tokenizer_path));
+  m.tokenizer = std::make_unique<Tokenizer>(load_tokenizer(*m.source, path, tokenizer_path, &m.tokenizer_dir));
   m.model = std::make_unique<LlamaModel>(m.source, device, memory);
   return m;
 }

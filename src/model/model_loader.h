@@ -13,6 +13,7 @@ struct LoadedModel {
   std::shared_ptr<WeightSource> source;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::string tokenizer_dir;  // the folder of the tokenizer's files; "" for a GGUF file's own
 };
 
 // Loads weights and the tokenizer (tokenizer.json beside the weights, or `tokenizer_path`), and

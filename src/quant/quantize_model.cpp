@@ -131,6 +131,10 @@ bool needs_calibration(const QuantizeJob& job) {
          job.metric == MofqMetric::OutputError || job.quantize_activations;
 }
 
+bool writes_gguf_in_one_pass(const QuantizeJob& job) {
+  return !needs_calibration(job) && (!job.plan.empty() || job.candidates.size() == 1);
+}
+
 namespace {
 
 nlohmann::json layer_to_json(const LayerReport& l) {
@@ -311,6 +315,24 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     if (given || !gguf_job) return given;
     return gguf_embedding_type(schemes_of(job, "model.layers.0.self_attn.q_proj.weight")[0].format, is_output);
   };
+  // --out-gguf in one pass: the GGUF file takes each quantized weight as it is made.
+  std::unique_ptr<GgufModelWriter> gguf;
+  if (job.gguf_out) {
+    if (!writes_gguf_in_one_pass(job) || writer) fail("internal: this job cannot write its GGUF file in one pass");
+    std::map<std::string, FormatSpec> given;
+    for (int l = 0; l < num_layers; ++l)
+      for (const std::string& short_name : DecoderLayer::linear_names()) {
+        const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
+        given.emplace(name, gguf_format_for_shape(schemes_of(job, name)[0].format, src.shape(name).back()));
+      }
+    for (const std::string name : {"model.embed_tokens.weight", "lm_head.weight"})
+      if (src.has(name))
+        if (std::optional<FormatSpec> f = embedding_format(name == "lm_head.weight" || tied))
+          given.emplace(name, gguf_format_for_shape(*f, src.shape(name).back()));
+    GgufExportOptions o = *job.gguf_out;
+    if (o.tokenizer_dir.empty()) o.tokenizer_dir = m.tokenizer_dir;
+    gguf = std::make_unique<GgufModelWriter>(src, *m.tokenizer, o, given);
+  }
   std::set<std::string> quantized_extras;
   // RTN of the embedding or head; returns the dequantized tensor (undefined when kept as stored).
   auto quantize_extra = [&](const std::string& name, const std::optional<FormatSpec>& format) -> torch::Tensor {
@@ -327,6 +349,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     tensors[name] = {{"format", spec.str()}, {"method", "rtn"}, {"shape", {r.q.rows, r.q.cols}},
                      {"bits_per_weight", bits_per_weight(spec, r.q.rows, r.q.cols)}, {"weight_mse", r.weight_mse}};
     if (writer) writer->add_quantized(name, r.q);
+    if (gguf) gguf->add_quantized(name, r.q);
     quantized_extras.insert(name);
     return r.dequantized;
   };
@@ -376,6 +399,7 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     if (nnz > 0) tc["outliers"] = {{"rule", scheme.outliers->str()}, {"count", nnz}};
     tensors[name] = tc;
     if (writer) writer->add_quantized(name, r.q);
+    if (gguf) gguf->add_quantized(name, r.q);
     if (writer && nnz > 0) writer->add_outliers(name, outliers->to_stored());
     linear.weight = r.dequantized;
     bits_sum += bits;
@@ -536,6 +560,10 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     crash_point("finish");
     writer->finish(report.quantization_config, src.tokenizer_dir());
     report.file_bytes = writer->weight_file_bytes();
+  }
+  if (gguf) {
+    report.gguf = gguf->finish();
+    report.file_bytes = std::filesystem::file_size(job.gguf_out->out);
   }
   return report;
 }

@@ -11,6 +11,7 @@
 
 #include "calib/calib_data.h"
 #include "io/quantized_checkpoint.h"
+#include "model/gguf_export.h"
 #include "model/llama_model.h"
 #include "quant/flexround.h"
 #include "quant/quantizer.h"
@@ -56,7 +57,15 @@ struct QuantizeJob {
   std::map<std::string, LayerScheme> plan;
   // FlexRound (flexround.h) instead of layer.method: one format or a plan, no outliers, no W8A8.
   std::optional<FlexRoundOptions> flexround;
+  // Write a GGUF file instead of a checkpoint (out empty), in the same pass: for jobs that
+  // writes_gguf_in_one_pass() accepts. Others write a checkpoint and export it.
+  std::optional<GgufExportOptions> gguf_out;
 };
+
+// Whether quantize_model can write the job's GGUF file as it goes: every linear's type is known
+// before any work (one format, or a plan) and the job needs no calibration, which is also what
+// --resume would be for.
+bool writes_gguf_in_one_pass(const QuantizeJob& job);
 
 // Whether the job needs calibration data (GPTQ, FlexRound, outliers, the output-error metric,
 // or activations).
@@ -76,9 +85,10 @@ struct QuantizeReport {
   std::vector<LayerReport> layers;
   double bits_per_weight = 0;  // over every quantized linear weight, scales and outliers included
   int64_t quantized_weights = 0;
-  uint64_t file_bytes = 0;     // the checkpoint's safetensors, everything included (0: dry run)
+  uint64_t file_bytes = 0;     // the checkpoint's safetensors or the GGUF file (0: dry run)
   double seconds = 0;
   nlohmann::json quantization_config;  // what the checkpoint stores
+  std::optional<GgufExportReport> gguf;  // the GGUF file written in the same pass (job.gguf_out)
   nlohmann::json to_json() const;
 };
 

@@ -7,9 +7,11 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "io/gguf.h"
 #include "model/gguf_export.h"
+#include "model/synthetic_checkpoint.h"
 #include "model/model_loader.h"
 #include "quant/quantize_model.h"
 #include "util/allocator.h"
@@ -35,7 +37,8 @@ testing::Environment* const env = testing::AddGlobalTestEnvironment(new Env);
 
 struct TempDir {
   fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("lowbit_gguf_export_" + std::to_string(getpid()))) {
+  explicit TempDir(const std::string& tag = "")
+      : path(fs::temp_directory_path() / ("lowbit_gguf_export_" + tag + std::to_string(getpid()))) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -205,4 +208,80 @@ TEST(GgufExport, LowbitFormatsMapOrAreRefused) {
   }
   for (const auto& entry : fs::directory_iterator(tmp.path))
     EXPECT_EQ(entry.path().string().find("g128.gguf"), std::string::npos) << entry.path();
+}
+
+namespace {
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Quantizes `model` twice: to a checkpoint, then exported; and to the GGUF file directly (what
+// quantize --out-gguf does alone). The two files must be the same bytes.
+void expect_one_pass_file_is_the_export(const std::string& model, QuantizeJob job, const std::string& what) {
+  SCOPED_TRACE(what);
+  TempDir tmp;
+  job.model = model;
+  job.progress = false;
+  QuantizeJob two = job;
+  two.out = tmp / "ckpt";
+  quantize_model(two);
+  GgufExportOptions named;
+  named.name = "m";
+  export_to(tmp / "ckpt", tmp / "two.gguf", named);
+
+  QuantizeJob one = job;
+  ASSERT_TRUE(writes_gguf_in_one_pass(one));
+  one.gguf_out = named;
+  one.gguf_out->out = tmp / "one.gguf";
+  one.gguf_out->progress = false;
+  QuantizeReport r = quantize_model(one);
+  ASSERT_TRUE(r.gguf.has_value());
+  EXPECT_EQ(r.file_bytes, fs::file_size(tmp / "one.gguf"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()), 3) << "a stray file";
+  const std::string a = file_bytes(tmp / "two.gguf"), b = file_bytes(tmp / "one.gguf");
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_TRUE(a == b) << "the one-pass file differs from the export of the checkpoint";
+}
+
+QuantizeJob rtn_job(const std::string& format) {
+  QuantizeJob job;
+  job.candidates = {FormatSpec::parse(format)};
+  return job;
+}
+
+}  // namespace
+
+// quantize --out-gguf alone writes its GGUF file as it quantizes, with no checkpoint in between:
+// the same file as the export of the checkpoint. gutenberg-6m has a tied head; the synthetic model
+// has its own head (quantized before the blocks, written last) and bf16 weights; stories260K's
+// ffn_down rows fall back to F16; int4:g32 maps onto Q4_0; a plan mixes types per layer.
+TEST(GgufExport, QuantizeWritesTheSameFileInOnePass) {
+  TempDir models("models_");
+  const std::string untied = models / "untied";
+  write_synthetic_checkpoint(untied, SyntheticShape{"untied", 64, 160, 3, 4, 2, 600, 256, false}, kStories, {});
+  for (const char* type : {"gguf:q4_0", "gguf:q6_k"}) {
+    expect_one_pass_file_is_the_export(kGutenberg, rtn_job(type), std::string("gutenberg ") + type);
+    expect_one_pass_file_is_the_export(untied, rtn_job(type), std::string("untied ") + type);
+  }
+  expect_one_pass_file_is_the_export(kStories, rtn_job("gguf:q4_0"), "stories260K fallback");
+  expect_one_pass_file_is_the_export(kGutenberg, rtn_job("int4:g32"), "int4:g32");
+  QuantizeJob head = rtn_job("gguf:q4_k");
+  head.output_format = FormatSpec::parse("gguf:q8_0");
+  expect_one_pass_file_is_the_export(untied, head, "head as q8_0");
+  QuantizeJob plan;
+  int i = 0;
+  for (int l = 0; l < 3; ++l)
+    for (const std::string& n : DecoderLayer::linear_names())
+      plan.plan[fmt::format("model.layers.{}.{}.weight", l, n)] = LayerScheme::parse(++i % 3 ? "gguf:q4_0" : "gguf:q8_0");
+  expect_one_pass_file_is_the_export(untied, plan, "plan");
+
+  // What needs the whole layer first (MoFQ's choice) or calibration goes through a checkpoint.
+  QuantizeJob mofq = rtn_job("gguf:q4_0");
+  mofq.candidates.push_back(FormatSpec::parse("gguf:iq4_nl"));
+  EXPECT_FALSE(writes_gguf_in_one_pass(mofq));
+  QuantizeJob gptq = rtn_job("gguf:q4_0");
+  gptq.layer.method = QuantMethod::GPTQ;
+  EXPECT_FALSE(writes_gguf_in_one_pass(gptq));
 }

@@ -18,8 +18,6 @@ namespace lowbit::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-
 void print_gguf_plan(const GgufExportReport& r) {
   std::printf("%-32s %-8s %-7s %14s  %s\n", "tensor", "type", "from", "bytes", "note");
   for (const GgufTensorReport& t : r.tensors)
@@ -28,8 +26,6 @@ void print_gguf_plan(const GgufExportReport& r) {
   std::printf("tensor data: %llu bytes; decoder linears: %.4f bits per weight\n", (unsigned long long)r.tensor_bytes,
               r.linear_bits_per_weight);
 }
-
-}  // namespace
 
 void run_gguf_export(const std::string& model, const std::string& tokenizer, GgufExportOptions options, bool dry_run) {
   auto src = open_weights(model);

@@ -82,6 +82,20 @@ void print_report(const QuantizeReport& r, const QuantizeJob& job) {
                 (unsigned long long)r.file_bytes, double(r.file_bytes) / double(1ull << 30));
 }
 
+// --out-gguf's options. general.name is the model's folder name, as when the file is exported
+// from the model, rather than the intermediate checkpoint's.
+template <typename Opts>
+GgufExportOptions gguf_options(const Opts& o) {
+  GgufExportOptions g;
+  g.out = o.out_gguf;
+  g.progress = o.job.progress;
+  g.replace = o.force;
+  std::filesystem::path model(o.model);
+  if (model.filename().empty()) model = model.parent_path();  // "dir/"
+  if (o.out.empty()) g.name = model.filename().string();
+  return g;
+}
+
 // Every reason the outputs could not be written, found before any quantization work.
 template <typename Opts>
 void check_outputs(const Opts& o, const QuantizeJob& job) {
@@ -200,7 +214,8 @@ void add_quantize(CLI::App& app) {
     const double shard = parse_byte_size(o->max_shard_size);
     if (!(shard >= 1)) throw Error(fmt::format("--max-shard-size {}: give a size such as 512M", o->max_shard_size));
     job.max_shard_bytes = size_t(shard);
-    // --out-gguf alone: the checkpoint is an intermediate the export reads, removed once it worked.
+    // --out-gguf alone: written in the same pass where that can be (below), else from an
+    // intermediate checkpoint the export reads, removed once it worked.
     const bool intermediate = !o->dry_run && o->out.empty();
     job.out = o->dry_run ? "" : intermediate ? o->out_gguf + ".lowbit-checkpoint" : o->out;
     if (intermediate && lowbit_output_kind(job.out) == OutputKind::QuantizedCheckpoint) job.replace = true;
@@ -218,6 +233,15 @@ void add_quantize(CLI::App& app) {
     if (o->method == "flexround") job.flexround = o->flexround;
     job.metric = o->metric == "output" ? MofqMetric::OutputError : MofqMetric::WeightMse;
     job.quantize_activations = o->w8a8;
+    // --out-gguf alone, plain RTN of known types: the GGUF file is written in the same pass.
+    if (intermediate && writes_gguf_in_one_pass(job)) {
+      if (job.resume)
+        std::fprintf(stderr, "--resume: %s is written in one pass, which leaves nothing to resume; starting it\n",
+                     o->out_gguf.c_str());
+      job.out.clear();
+      job.resume = false;
+      job.gguf_out = gguf_options(*o);
+    }
     check_outputs(*o, job);
     QuantizeReport r;
     try {
@@ -234,11 +258,11 @@ void add_quantize(CLI::App& app) {
     print_report(r, job);
     if (!o->json.empty()) write_json(o->json, r.to_json());
     if (!o->out.empty()) std::printf("wrote %s\n", o->out.c_str());
-    if (!o->out_gguf.empty()) {
-      GgufExportOptions g;
-      g.out = o->out_gguf;
-      g.progress = job.progress;
-      g.replace = o->force;
+    if (r.gguf) {
+      print_gguf_plan(*r.gguf);
+      std::printf("wrote %s\n", o->out_gguf.c_str());
+    } else if (!o->out_gguf.empty()) {
+      GgufExportOptions g = gguf_options(*o);
       try {
         run_gguf_export(job.out, "", g, false);
       } catch (const Error& e) {

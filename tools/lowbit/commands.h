@@ -14,4 +14,5 @@ void add_plan(CLI::App& app);
 
 // Writes (or with dry_run, prints the plan of) a GGUF export; shared by export and quantize.
 void run_gguf_export(const std::string& model, const std::string& tokenizer, GgufExportOptions options, bool dry_run);
+void print_gguf_plan(const GgufExportReport& r);  // each tensor's type, source and bytes
 }  // namespace lowbit::cli
