@@ -8,6 +8,9 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "format/format.h"
 #include "quant/grid.h"
@@ -565,3 +568,38 @@ TEST(Mofq, ChoosesTheLeastErrorAndMatchesSingleFormat) {
 }
 
 }  // namespace
+
+// lowbit's own parallel loops (at::parallel_for: the direct RTN's rows, the tensor RTN's chunks,
+// GPTQ's column tiles, the bf16 conversion) run on the threads asked for, and the values they
+// give do not depend on how many. at::parallel_for is a header template: built without
+// -fopenmp, it silently ran every one of them on one thread. The direct RTN (Q4_0, Q6_K, INT
+// groups) sums its error in row order, so its weight_mse is the same bits too; the tensor path's
+// error is a LibTorch sum, which LibTorch splits by thread count (hence --resume's fingerprint
+// records the threads).
+TEST(Threads, ParallelLoopsUseEveryThreadAndGiveTheSameBits) {
+  if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one CPU";
+  at::set_num_threads(2);
+  std::set<std::thread::id> ids;
+  std::mutex m;
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> g(m);
+    ids.insert(std::this_thread::get_id());
+  });
+  EXPECT_EQ(ids.size(), 2u);
+  torch::manual_seed(5);
+  const torch::Tensor W = torch::randn({300, 512});
+  for (const char* s : {"gguf:q4_0", "gguf:q6_k", "int4:g128", "int3:g64:asym", "fp4_e2m1:g32", "nf4:g64", "mxfp4"}) {
+    const FormatSpec spec = FormatSpec::parse(s);
+    LayerQuantOptions o;
+    at::set_num_threads(1);
+    const LayerQuantResult one = quantize_layer(W, spec, o);
+    at::set_num_threads(2);
+    const LayerQuantResult two = quantize_layer(W, spec, o);
+    EXPECT_TRUE(same_bits(one.dequantized, two.dequantized)) << s;
+    EXPECT_EQ(one.q.codes, two.q.codes) << s;
+    EXPECT_EQ(one.q.blocks, two.q.blocks) << s;
+    EXPECT_EQ(one.q.scales, two.q.scales) << s;
+    if (rtn_direct_applies(spec, o.rtn)) EXPECT_EQ(one.weight_mse, two.weight_mse) << s;
+    else EXPECT_NEAR(one.weight_mse, two.weight_mse, 1e-6 * one.weight_mse) << s;
+  }
+}
