@@ -23,7 +23,13 @@ QuantizedCheckpointWriter::QuantizedCheckpointWriter(const std::string& out_dir,
     : dir_(std::make_unique<StagedDirectory>(out_dir, OutputKind::QuantizedCheckpoint, replace, reuse)),
       hf_config_(std::move(hf_config)), max_shard_bytes_(max_shard_bytes) {}
 
-QuantizedCheckpointWriter::~QuantizedCheckpointWriter() = default;
+QuantizedCheckpointWriter::~QuantizedCheckpointWriter() {
+  if (!writing_.valid()) return;
+  try {
+    writing_.get();  // the scratch directory goes only once nothing writes into it
+  } catch (...) {  // the error that ended the run is already on its way
+  }
+}
 
 void QuantizedCheckpointWriter::add(Pending p) {
   if (closed_) fail("internal: tensor '{}' added after the last shard", p.name);
@@ -31,10 +37,19 @@ void QuantizedCheckpointWriter::add(Pending p) {
   pending_.push_back(std::move(p));
 }
 
-bool QuantizedCheckpointWriter::end_block() {
-  if (pending_bytes_ < max_shard_bytes_ || pending_.empty()) return false;
-  flush(nullptr);
+bool QuantizedCheckpointWriter::end_block(std::function<void(const json& state)> written) {
+  if (!shard_full()) return false;
+  wait_written();
+  std::function<void()> write = close_shard(nullptr);
+  writing_ = std::async(std::launch::async, [write = std::move(write), state = state(), written = std::move(written)] {
+    write();
+    if (written) written(state);
+  });
   return true;
+}
+
+void QuantizedCheckpointWriter::wait_written() {
+  if (writing_.valid()) writing_.get();
 }
 
 void QuantizedCheckpointWriter::add_float(const std::string& name, std::vector<int64_t> shape, const float* data) {
@@ -74,23 +89,23 @@ void QuantizedCheckpointWriter::add_quantized(const std::string& name, const Qua
   if (spec.asymmetric) add({name + ".qzeros", DType::U8, {slots}, q.zeros});
 }
 
-void QuantizedCheckpointWriter::flush(const json& quantization_config) {
-  if (pending_.empty() && !shard_files_.empty()) return;
+std::function<void()> QuantizedCheckpointWriter::close_shard(const json& quantization_config) {
   std::string file = (fs::path(dir_->path()) / fmt::format("shard-{}.safetensors", shard_files_.size())).string();
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
   if (!quantization_config.is_null()) metadata["quantization_config"] = quantization_config.dump();
-  std::vector<SafetensorsWriter::Input> inputs;
   std::vector<std::string> names;
-  for (const Pending& p : pending_) {
-    inputs.push_back({p.name, p.dtype, p.shape, p.bytes.data()});
-    names.push_back(p.name);
-  }
-  SafetensorsWriter::write_file(file, metadata, inputs);
-  file_bytes_ += fs::file_size(file);
+  for (const Pending& p : pending_) names.push_back(p.name);
   shard_files_.push_back(file);
   shard_tensors_.push_back(std::move(names));
+  std::vector<Pending> tensors = std::move(pending_);
   pending_.clear();
   pending_bytes_ = 0;
+  return [this, file, metadata = std::move(metadata), tensors = std::move(tensors)] {
+    std::vector<SafetensorsWriter::Input> inputs;
+    for (const Pending& p : tensors) inputs.push_back({p.name, p.dtype, p.shape, p.bytes.data()});
+    SafetensorsWriter::write_file(file, metadata, inputs);
+    file_bytes_ += fs::file_size(file);  // read only once no write is in flight
+  };
 }
 
 namespace {
@@ -103,7 +118,9 @@ void write_text(const fs::path& path, const std::string& text) {
 
 void QuantizedCheckpointWriter::close_shards(const json& quantization_config) {
   if (closed_) return;
-  flush(quantization_config);  // shards closed before lack the config: a sharded checkpoint has it in its index
+  wait_written();
+  // Shards closed before lack the config: a sharded checkpoint has it in its index.
+  if (!pending_.empty() || shard_files_.empty()) close_shard(quantization_config)();
   closed_ = true;
 }
 

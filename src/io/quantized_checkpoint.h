@@ -27,6 +27,8 @@
 // lowbit quantized checkpoint and `replace`.
 // One shard is named model.safetensors; several become model-0000i-of-0000N.safetensors plus
 // model.safetensors.index.json.
+#include <functional>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -66,9 +68,16 @@ class QuantizedCheckpointWriter {
   void add_quantized(const std::string& name, const QuantizedTensor& q);
   void add_outliers(const std::string& name, const StoredOutliers& o);  // after add_quantized(name)
 
-  // The end of a decoder block (or of any unit a resume may restart at): closes the shard if it
-  // holds max_shard_bytes. True if it did, i.e. everything added so far is on disk.
-  bool end_block();
+  // Whether end_block() would close a shard now (it holds max_shard_bytes).
+  bool shard_full() const { return pending_bytes_ >= max_shard_bytes_ && !pending_.empty(); }
+  // The end of a decoder block (or of any unit a resume may restart at): closes the shard if
+  // shard_full(), and writes it on a background thread while the caller goes on with the next
+  // block (one shard in flight: a second waits for the first). True if it closed one. Once that
+  // shard is on disk, written(state) runs on that thread with the state() that lists it: the
+  // moment to record a resume point. A failed write is thrown by the next end_block,
+  // close_shards or wait_written.
+  bool end_block(std::function<void(const nlohmann::json& state)> written = {});
+  void wait_written();  // until the shard in flight is on disk (rethrows its error)
   // Writes the last shard (with the quantization_config in its metadata).
   void close_shards(const nlohmann::json& quantization_config);
   // close_shards() if not done, then the final shard names, the index, config.json, the tokenizer
@@ -97,12 +106,14 @@ class QuantizedCheckpointWriter {
   size_t max_shard_bytes_, pending_bytes_ = 0;
   uint64_t file_bytes_ = 0;
   std::vector<Pending> pending_;
+  std::future<void> writing_;  // the shard in flight
   std::vector<std::string> shard_files_;                 // temporary shard names, in order
   std::vector<std::vector<std::string>> shard_tensors_;  // tensor names per shard
   bool closed_ = false, finished_ = false;
 
   void add(Pending p);
-  void flush(const nlohmann::json& quantization_config);
+  // Closes the pending tensors as the next shard; returns the job that writes it.
+  std::function<void()> close_shard(const nlohmann::json& quantization_config);
 };
 
 // Rebuilds a QuantizedTensor from the stored tensors of NAME and its entry in "tensors".

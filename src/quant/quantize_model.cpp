@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <set>
 
 #include "calib/sequential.h"
@@ -257,20 +258,26 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
     return nlohmann::json{{"tensors", tensors}, {"activations", activations}, {"bits_sum", bits_sum},
                           {"quantized_weights", report.quantized_weights}, {"layers", layers}};
   };
-  // The end of block l: once a shard has closed, everything so far is on disk and the journal
-  // records where to go on from (with the next block's calibration inputs, when there are any).
+  // The end of block l: when a shard closes, the journal records where to go on from (with the
+  // next block's calibration inputs, when there are any), once the shard is on disk. The shard is
+  // written on the writer's thread while the next block is quantized, and so is that entry; the
+  // inputs file of the entry before is dropped after it.
   std::string saved_inputs;  // the activation file of the last journal entry
   auto block_done = [&](int l, const ActivationStore* next_inputs) {
-    if (writer && writer->end_block()) {
-      ResumePoint p{l + 1, false, writer->state(), progress_state(), ""};
+    if (writer && writer->shard_full()) {
+      ResumePoint p{l + 1, false, nlohmann::json(), progress_state(), ""};
       if (next_inputs && l + 1 < num_layers) {
         p.activations = fmt::format("activations-{}.bin", l + 1);
         std::filesystem::create_directories(journal->dir());
         next_inputs->save((std::filesystem::path(journal->dir()) / p.activations).string());
       }
-      journal->save(p);
-      writer->keep_scratch();
-      if (!saved_inputs.empty()) std::filesystem::remove(std::filesystem::path(journal->dir()) / saved_inputs);
+      writer->end_block([&journal = *journal, &w = *writer, p, previous = saved_inputs](const nlohmann::json& state) {
+        ResumePoint point = p;
+        point.writer = state;
+        journal.save(point);
+        w.keep_scratch();
+        if (!previous.empty()) std::filesystem::remove(std::filesystem::path(journal.dir()) / previous);
+      });
       saved_inputs = p.activations;
     }
     crash_point("block");
@@ -531,16 +538,24 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
                           });
   } else {
     Progress progress("quantize", size_t(num_layers - first_block) * 7, job.progress);
-    size_t done = 0;
-    for (int l = first_block; l < num_layers; ++l) {
-      for (const std::string& short_name : DecoderLayer::linear_names()) {
-        const std::string name = fmt::format("model.layers.{}.{}.weight", l, short_name);
-        Linear linear;  // one weight in memory at a time, straight from the checkpoint
-        const std::optional<StoredTensorView> stored = src.get_stored(name);
-        quantize_one(name, linear, nullptr, stored ? &*stored : nullptr);
-        progress.update(++done, fmt::format("layer {}/{} {}", l + 1, num_layers, short_name));
-      }
-      block_done(l, nullptr);
+    const std::vector<std::string>& linears = DecoderLayer::linear_names();
+    auto name_of = [&](size_t i) { return fmt::format("model.layers.{}.{}.weight", first_block + int(i / 7), linears[i % 7]); };
+    const size_t count = size_t(num_layers - first_block) * 7;
+    // The next weight's pages are read and mapped on another thread while this one is quantized,
+    // so that the quantizing threads neither wait for the disk nor take the page faults.
+    std::future<void> prefetch;
+    for (size_t i = 0; i < count; ++i) {
+      const std::string name = name_of(i);
+      const int l = first_block + int(i / 7);
+      Linear linear;  // one weight in memory at a time, straight from the checkpoint
+      const std::optional<StoredTensorView> stored = src.get_stored(name);
+      if (prefetch.valid()) prefetch.get();
+      if (i + 1 < count)
+        if (std::optional<StoredTensorView> next = src.get_stored(name_of(i + 1)))
+          prefetch = std::async(std::launch::async, [d = next->data, n = next->nbytes] { prefault_mapped_pages(d, n); });
+      quantize_one(name, linear, nullptr, stored ? &*stored : nullptr);
+      progress.update(i + 1, fmt::format("layer {}/{} {}", l + 1, num_layers, linears[i % 7]));
+      if (i % 7 == 6) block_done(l, nullptr);
     }
     progress.finish();
   }
