@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <regex>
 
@@ -299,8 +300,15 @@ struct GgufModelWriter::Impl {
   size_t next = 0;                                       // plan[next] is the next tensor to write
   std::map<std::string, std::vector<uint8_t>> arrived;   // given tensors that came before their turn
   GGUFWriter w;
+  // The tensor being written, on its own thread while the next one is made (declared after w:
+  // its destructor waits for the write before w goes).
+  std::future<void> writing;
   std::unique_ptr<Progress> progress;
   Impl(const WeightSource& s, const std::string& out) : src(s), w(out) {}
+
+  void wait_written() {
+    if (writing.valid()) writing.get();
+  }
 
   // Writes tensors in plan order for as long as each one is at hand.
   void advance() {
@@ -315,7 +323,10 @@ struct GgufModelWriter::Impl {
       } else {
         bytes = in_llama_row_order(tensor_bytes(src, t), t, src.config(), arch);
       }
-      w.write_tensor(t.gguf, bytes.data(), bytes.size());
+      wait_written();
+      writing = std::async(std::launch::async, [this, name = t.gguf, bytes = std::move(bytes)] {
+        w.write_tensor(name, bytes.data(), bytes.size());
+      });
       ++next;
       if (progress) progress->update(next, t.gguf);
     }
@@ -364,6 +375,7 @@ GgufExportReport GgufModelWriter::finish() {
   Impl& m = *impl_;
   m.advance();
   if (m.next < m.plan.size()) fail("internal: GGUF output: {} was never given", m.plan[m.next].hf);
+  m.wait_written();
   m.w.finish();
   if (m.progress) m.progress->finish();
   return report_of(m.plan);

@@ -43,6 +43,15 @@ void release_mapped_pages(const void* data, size_t n) {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void prefault_mapped_pages(const void* data, size_t n) {
+  static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + n;
+  if (end <= begin) return;
+  void* at = reinterpret_cast<void*>(begin);
+  if (::madvise(at, end - begin, MADV_POPULATE_READ) != 0) ::madvise(at, end - begin, MADV_WILLNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }

@@ -30,4 +30,9 @@ class MappedFile {
 // than RAM does not count the whole checkpoint as this process's memory.
 void release_mapped_pages(const void* data, size_t n);
 
+// Reads [data, data + n) of a read-only mapping into memory and maps its pages (MADV_POPULATE_READ;
+// where the kernel lacks it, MADV_WILLNEED's readahead), so that the threads reading it next take
+// no page faults. Blocks until done: run it on another thread ahead of the work.
+void prefault_mapped_pages(const void* data, size_t n);
+
 }  // namespace lowbit
