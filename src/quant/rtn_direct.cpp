@@ -54,30 +54,35 @@ struct Magnitude {
 };
 LOWBIT_INLINE Magnitude magnitude(const float* __restrict x, int n) {
   const I8 abs_bits = I8{} + 0x7fffffff, inf_bits = I8{} + 0x7f800000;
-  I8 lane{}, bad{};  // |x| as bits: ordered as the floats are, for finite values
+  I8 bad{};  // Inf or NaN, from the bits of |x|
+  // Started from x[0] (a -0 splats as +0, which compares equal: only the tie case below reads a
+  // zero's sign, from x itself).
+  F8 hi = F8{} + x[0], lo = hi;
   const int n8 = n / 8 * 8;
   for (int i = 0; i < n8; i += 8) {
+    F8 v;
+    std::memcpy(&v, x + i, sizeof v);
     I8 bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    bits &= abs_bits;
-    bad |= bits >= inf_bits;  // Inf or NaN
-    lane = bits > lane ? bits : lane;
+    std::memcpy(&bits, &v, sizeof bits);
+    bad |= (bits & abs_bits) >= inf_bits;
+    hi = v > hi ? v : hi;
+    lo = v < lo ? v : lo;
   }
-  int tail_max = 0, tail_bad = 0;
+  float max = hi[0], min = lo[0];
+  int any_bad = 0;
+  for (int k = 0; k < 8; ++k) max = std::max(max, hi[k]), min = std::min(min, lo[k]), any_bad |= bad[k];
   for (int j = n8; j < n; ++j) {
-    uint32_t bits;
-    std::memcpy(&bits, x + j, 4);
-    bits &= 0x7fffffffu;
-    tail_bad |= bits >= 0x7f800000u;
-    tail_max = std::max(tail_max, int(bits));
+    any_bad |= !finite(x[j]);
+    max = std::max(max, x[j]), min = std::min(min, x[j]);
   }
-  int max_bits = tail_max, any_bad = tail_bad;
-  for (int k = 0; k < 8; ++k) max_bits = std::max(max_bits, lane[k]), any_bad |= bad[k];
   if (any_bad) return {0, 0, false};
-  float abs_max;
-  std::memcpy(&abs_max, &max_bits, 4);
+  // The signed value of the largest |x| is max or min, unless both are as large (a tie, zeros
+  // included): then the first such element, as torch's argmax.
+  if (max > -min) return {max, max, true};
+  if (-min > max) return {-min, min, true};
+  const float abs_max = std::fabs(max);
   int first = 0;
-  while (std::fabs(x[first]) != abs_max) ++first;  // the first one, as torch's argmax
+  while (std::fabs(x[first]) != abs_max) ++first;
   return {abs_max, x[first], true};
 }
 
@@ -126,6 +131,7 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 Fault quantize_row_32(GGMLType type, const float* x, int64_t cols, float* deq, uint8_t* out, double& sse) {
   const bool q4 = type == GGMLType::Q4_0;
   const size_t block_bytes = q4 ? 18 : 34;
+  double row_sse = 0;  // kept in a register: `out` may alias anything
   for (int64_t b = 0; b < cols / 32; ++b, x += 32, deq += 32, out += block_bytes) {
     const Magnitude m = magnitude(x, 32);
     if (!m.finite) return Fault::NonFinite;
@@ -133,13 +139,14 @@ Fault quantize_row_32(GGMLType type, const float* x, int64_t cols, float* deq, u
     const float d = fp16_to_float(d16);
     if (!finite(d)) return Fault::Overflow;
     int q[32];
-    sse += quantize_run(x, 32, d, q4 ? -8.0f : -127.0f, q4 ? 7.0f : 127.0f, q, deq);
+    row_sse += quantize_run(x, 32, d, q4 ? -8.0f : -127.0f, q4 ? 7.0f : 127.0f, q, deq);
     out[0] = uint8_t(d16 & 0xFF), out[1] = uint8_t(d16 >> 8);
     if (q4)
       for (int j = 0; j < 16; ++j) out[2 + j] = uint8_t((q[j] + 8) | ((q[j + 16] + 8) << 4));
     else
       for (int j = 0; j < 32; ++j) out[2 + j] = uint8_t(int8_t(q[j]));
   }
+  sse += row_sse;
   return Fault::None;
 }
 
