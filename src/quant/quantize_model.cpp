@@ -537,16 +537,19 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
                             quantize_one(name, lin, &st);
                           });
   } else {
-    Progress progress("quantize", size_t(num_layers - first_block) * 7, job.progress);
     const std::vector<std::string>& linears = DecoderLayer::linear_names();
-    auto name_of = [&](size_t i) { return fmt::format("model.layers.{}.{}.weight", first_block + int(i / 7), linears[i % 7]); };
-    const size_t count = size_t(num_layers - first_block) * 7;
+    const size_t per_block = linears.size(), count = size_t(num_layers - first_block) * per_block;
+    auto block_of = [&](size_t i) { return first_block + int(i / per_block); };
+    auto name_of = [&](size_t i) {
+      return fmt::format("model.layers.{}.{}.weight", block_of(i), linears[i % per_block]);
+    };
+    Progress progress("quantize", count, job.progress);
     // The next weight's pages are read and mapped on another thread while this one is quantized,
     // so that the quantizing threads neither wait for the disk nor take the page faults.
     std::future<void> prefetch;
     for (size_t i = 0; i < count; ++i) {
       const std::string name = name_of(i);
-      const int l = first_block + int(i / 7);
+      const int l = block_of(i);
       Linear linear;  // one weight in memory at a time, straight from the checkpoint
       const std::optional<StoredTensorView> stored = src.get_stored(name);
       if (prefetch.valid()) prefetch.get();
@@ -554,8 +557,8 @@ QuantizeReport quantize_model(const QuantizeJob& job) {
         if (std::optional<StoredTensorView> next = src.get_stored(name_of(i + 1)))
           prefetch = std::async(std::launch::async, [d = next->data, n = next->nbytes] { prefault_mapped_pages(d, n); });
       quantize_one(name, linear, nullptr, stored ? &*stored : nullptr);
-      progress.update(i + 1, fmt::format("layer {}/{} {}", l + 1, num_layers, linears[i % 7]));
-      if (i % 7 == 6) block_done(l, nullptr);
+      progress.update(i + 1, fmt::format("layer {}/{} {}", l + 1, num_layers, linears[i % per_block]));
+      if ((i + 1) % per_block == 0) block_done(l, nullptr);
     }
     progress.finish();
   }
