@@ -256,7 +256,7 @@ TEST(Selection, MasksParkedAsIndicesComeBackTheSame) {
   EXPECT_TRUE(torch::equal(mask_from_indices(idx, 2, 3), mask));
   EXPECT_TRUE(torch::equal(mask_from_indices(mask_to_indices(torch::zeros({3, 4}, torch::kBool)), 3, 4),
                            torch::zeros({3, 4}, torch::kBool)));
-  for (const std::string dir : {std::string(), testing::TempDir()}) {
+  for (const std::string& dir : {std::string(), testing::TempDir()}) {
     ScratchTensors parked(dir);
     torch::manual_seed(2);
     const Tensor big = torch::rand({50, 70}) > 0.9, fisher = torch::rand({5, 7}, torch::kFloat64);

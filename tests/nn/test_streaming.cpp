@@ -218,8 +218,9 @@ TEST(Streaming, GradientsAndSensitivitiesHoldOneBlockAtATime) {
     std::map<std::string, torch::Tensor> grads;
     compute_gradients(model, tokens, g, [&](int, const std::string& name, LayerGradient&& lg) { grads[name] = lg.grad; });
     // Gradients hold one block whatever the budget: each is dropped once a pass is done with it.
-    if (budget != ModelMemory::kAll)
+    if (budget != ModelMemory::kAll) {
       EXPECT_LE(src->peak_materialized_bytes(), kBlockBytes + 64 * 4) << "gradients, budget " << budget;
+    }
     SensitivityOptions so = rtn_kld_options();
     so.activation_budget_bytes = g.activation_budget_bytes;
     SensitivityReport report = estimate_sensitivity(model, tokens, candidates, so);
