@@ -9,6 +9,8 @@
 #include <string>
 
 #include "format/packing.h"
+#include "format/ggml_formats.h"
+#include "io/ggml_blocks.h"
 #include "kernels/weight_view.h"
 #include "util/error.h"
 
@@ -182,11 +184,64 @@ void qmatmul(const float* x, int64_t n, const QuantizedTensor& w, float* y, Simd
   if (n < 0) fail("qmatmul: negative number of rows {}", n);
   WeightView v;
   kernels::make_view(w, v);
-  if (n > 0) pick(v, level)->matmul(x, n, v, y);
+  if (n > 0) pick(v, level)->matmul(x, n, v, y, v.rows);
 }
 
 void qmatmul(const float* x, int64_t n, const QuantizedTensor& w, float* y) {
   qmatmul(x, n, w, y, active_simd_level());
+}
+
+// GGUF block types: each row decoded as ggml does, then dot products in column order (the
+// scalar kernels' order).
+static void ggml_matmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r0,
+                             int64_t r1, float* y, int64_t ldy) {
+  const GGMLType type = ggml_type_of(w.spec);
+  const int64_t row_bytes = ggml_row_bytes(w.spec, w.cols);
+  std::vector<float> row(size_t(w.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    dequantize_ggml(type, w.blocks.data() + r * row_bytes, w.cols, row.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * w.cols;
+      float acc = 0;
+      for (int64_t c = 0; c < w.cols; ++c) acc += xi[c] * row[c];
+      y[i * ldy + r - r0] = acc;
+    }
+  }
+}
+
+void check_kernel_layout(const QuantizedTensor& q) {
+  if (q.spec.scaling() == Scaling::Ggml) {
+    if (q.rows < 1 || q.cols < 1) fail("kernels: empty {}x{} quantized tensor", q.rows, q.cols);
+    const int64_t expected = q.rows * ggml_row_bytes(q.spec, q.cols);
+    if (int64_t(q.blocks.size()) != expected)
+      fail("kernels: {} {}x{} has {} block bytes, expected {}", q.spec.str(), q.rows, q.cols,
+           q.blocks.size(), expected);
+    return;
+  }
+  WeightView v;
+  kernels::make_view(q, v);
+}
+
+void qmatmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r0, int64_t r1,
+                  float* y, int64_t ldy, SimdLevel level) {
+  if (n < 0) fail("qmatmul: negative number of rows {}", n);
+  if (r0 < 0 || r1 > w.rows || r0 > r1) fail("qmatmul: rows [{}, {}) outside [0, {})", r0, r1, w.rows);
+  if (w.spec.scaling() == Scaling::Ggml) {
+    check_kernel_layout(w);
+    if (n > 0) ggml_matmul_rows(x, n, w, r0, r1, y, ldy);
+    return;
+  }
+  WeightView v;
+  kernels::make_view(w, v);
+  if (n == 0 || r0 == r1) return;
+  // The rows [r0, r1) as a tensor of their own: codes, scales and zero points start later.
+  v.codes += r0 * v.row_bytes;
+  if (v.slots_per_row > 0) {
+    v.scales += r0 * v.slots_per_row;
+    if (v.zeros) v.zeros += r0 * v.slots_per_row;
+  }
+  v.rows = r1 - r0;
+  pick(v, level)->matmul(x, n, v, y, ldy);
 }
 
 }  // namespace lowbit

@@ -72,4 +72,15 @@ void dequantize_rows(const QuantizedTensor& q, int64_t begin, int64_t end, float
 void qmatmul(const float* x, int64_t n, const QuantizedTensor& w, float* y);
 void qmatmul(const float* x, int64_t n, const QuantizedTensor& w, float* y, SimdLevel level);
 
+// Output rows [r0, r1) of that product: y[i, r] at y[i * ldy + r - r0], the rest untouched. Each
+// row is computed exactly as qmatmul computes it, so callers that split the rows over threads
+// get qmatmul's bits. GGUF block types are served too: their rows are decoded as ggml does
+// (io/ggml_blocks.h) and multiplied in fp32, within the same bound.
+void qmatmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r0, int64_t r1,
+                  float* y, int64_t ldy, SimdLevel level);
+
+// Throws lowbit::Error if q's stored arrays do not match its shape and format (code bytes, scale
+// and zero counts, ggml block bytes): what the kernels check before reading.
+void check_kernel_layout(const QuantizedTensor& q);
+
 }  // namespace lowbit

@@ -390,7 +390,8 @@ int64_t gemm_min_n(const WeightView& w) { return w.bits <= 4 ? 6 : 4; }
 
 // y = x · Ŵᵀ through dequantized tiles: each weight is decoded once, then multiplied with every
 // row of x in fp32.
-LB_TARGET void gemm(const float* x, int64_t n, const WeightView& w, float* y, DequantFn dequant) {
+LB_TARGET void gemm(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy,
+                    DequantFn dequant) {
   const int64_t K = w.cols, ld = std::min<int64_t>(kKc, (K + 15) / 16 * 16);
   std::vector<float> tile(size_t(kTileRows * ld), 0.0f);
   for (int64_t r0 = 0; r0 < w.rows; r0 += kTileRows) {
@@ -406,7 +407,7 @@ LB_TARGET void gemm(const float* x, int64_t n, const WeightView& w, float* y, De
           for (int64_t i0 = i1; i0 < i_end; i0 += 4) {
             int mi = int(std::min<int64_t>(4, i_end - i0));
             kMicro[mi][mr](x + i0 * K + k0, K, tile.data() + q0 * ld, ld, kc,
-                           y + i0 * w.rows + r0 + q0, w.rows, k0 > 0);
+                           y + i0 * ldy + r0 + q0, ldy, k0 > 0);
           }
         }
       }
@@ -469,13 +470,13 @@ void dequantize_rows_entry(const WeightView& w, int64_t begin, int64_t end, floa
   select(w).dequant(w, begin, end, out, out_stride, 0, w.cols);
 }
 
-LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y) {
+LB_TARGET void matmul_entry(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy) {
   Impl f = select(w);
-  if (n >= gemm_min_n(w)) return gemm(x, n, w, y, f.dequant);
+  if (n >= gemm_min_n(w)) return gemm(x, n, w, y, ldy, f.dequant);
   std::vector<float> xp(pairs_apply(w) ? size_t(w.cols) : 0);
   for (int64_t i = 0; i < n; ++i) {
     if (!xp.empty()) pair_order(x + i * w.cols, w.cols, xp.data());
-    f.gemv(x + i * w.cols, xp.empty() ? nullptr : xp.data(), w, y + i * w.rows);
+    f.gemv(x + i * w.cols, xp.empty() ? nullptr : xp.data(), w, y + i * ldy);
   }
 }
 

@@ -25,7 +25,7 @@ static void dequantize_rows_scalar(const WeightView& w, int64_t begin, int64_t e
 
 // y[i, r] = sum_c x[i, c] * Ŵ[r, c]: dequantize a row once, then a plain fp32 dot product (in
 // column order) with every row of x.
-static void matmul_scalar(const float* x, int64_t n, const WeightView& w, float* y) {
+static void matmul_scalar(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy) {
   std::vector<float> row(size_t(w.cols));
   for (int64_t r = 0; r < w.rows; ++r) {
     dequantize_row_scalar(w, r, row.data());
@@ -33,7 +33,7 @@ static void matmul_scalar(const float* x, int64_t n, const WeightView& w, float*
       const float* xi = x + i * w.cols;
       float acc = 0;
       for (int64_t c = 0; c < w.cols; ++c) acc += xi[c] * row[c];
-      y[i * w.rows + r] = acc;
+      y[i * ldy + r] = acc;
     }
   }
 }

@@ -173,7 +173,8 @@ struct KernelSet {
   // Rows [begin, end) of Ŵ; row r goes to out + (r - begin) * out_stride.
   void (*dequantize_rows)(const WeightView& w, int64_t begin, int64_t end, float* out,
                           int64_t out_stride);
-  void (*matmul)(const float* x, int64_t n, const WeightView& w, float* y);
+  // y[i, r] for i < n, r < w.rows, at y + i * ldy + r.
+  void (*matmul)(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy);
 };
 
 // Each is defined in its own file; a level the build's architecture lacks returns nullptr.

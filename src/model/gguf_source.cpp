@@ -5,6 +5,9 @@
 
 #include <filesystem>
 
+#include "format/ggml_formats.h"
+#include "format/quantized_tensor.h"
+#include "io/ggml_blocks.h"
 #include "io/gguf.h"
 #include "model/gguf_names.h"
 #include "model/weight_source.h"
@@ -73,14 +76,32 @@ class GGUFSource : public WeightSource {
 
   std::vector<int64_t> shape(const std::string& name) const override { return find(name).shape; }
 
+  // A block-quantized matrix as stored (ggml blocks run by the packed kernels), rows in HF order.
+  std::optional<QuantizedTensor> get_quantized(const std::string& name) const override {
+    const GGUFTensor& t = find(name);
+    std::optional<FormatSpec> spec = gguf_spec(GGMLType(t.type));
+    if (!spec || !ggml_blocks_supported(GGMLType(t.type)) || t.shape.size() != 2) return std::nullopt;
+    const int64_t rows = t.shape[0], cols = t.shape[1], row_bytes = ggml_row_bytes(*spec, cols);
+    if (int64_t(t.nbytes) != rows * row_bytes)
+      fail("{}: tensor '{}' ({}) holds {} bytes, expected {}", file_.path(), t.name, t.type_name(), t.nbytes, rows * row_bytes);
+    std::vector<uint8_t> blocks(t.data, t.data + t.nbytes);
+    if (int64_t heads = permuted_heads(name)) {
+      // Row h*D + j of llama.cpp's order holds HF row h*D + (j % 2) * D/2 + j / 2.
+      const int64_t D = config_.head_dim;
+      if (rows != heads * D) fail("{}: tensor '{}' has {} rows, expected {}", file_.path(), t.name, rows, heads * D);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t h = r / D, j = r % D, hf = h * D + (j % 2) * (D / 2) + j / 2;
+        std::copy_n(t.data + r * row_bytes, row_bytes, blocks.data() + hf * row_bytes);
+      }
+    }
+    return from_ggml_blocks(*spec, rows, cols, std::move(blocks));
+  }
+
   torch::Tensor get(const std::string& name) const override {
     const GGUFTensor& t = find(name);
     torch::Tensor out = counted_float_tensor(t.shape);
     t.to_float(out.data_ptr<float>());
-    if (arch_ == "llama") {
-      bool q = name.find("q_proj.") != std::string::npos, k = name.find("k_proj.") != std::string::npos;
-      if (q || k) out = counted_copy(unpermute(out, q ? config_.num_heads : config_.num_kv_heads));
-    }
+    if (int64_t heads = permuted_heads(name)) out = counted_copy(unpermute(out, heads));
     return out;
   }
 
@@ -94,6 +115,14 @@ class GGUFSource : public WeightSource {
     auto it = by_hf_name_.find(name);
     if (it == by_hf_name_.end()) fail("{}: no tensor for '{}'", file_.path(), name);
     return *it->second;
+  }
+
+  // The heads of a q/k weight whose rows llama.cpp permuted, or 0.
+  int64_t permuted_heads(const std::string& name) const {
+    if (arch_ != "llama") return 0;
+    if (name.find("q_proj.") != std::string::npos) return config_.num_heads;
+    if (name.find("k_proj.") != std::string::npos) return config_.num_kv_heads;
+    return 0;
   }
 
   // llama.cpp stores each head's rows as interleaved pairs (r0, r_{D/2}, r1, r_{D/2+1}, ...);

@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "io/dtype.h"
+#include "kernels/kernels.h"
 #include "quant/activation.h"
 #include "util/error.h"
 
@@ -14,6 +15,10 @@ namespace lowbit {
 
 torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   torch::Tensor in = input_quant ? input_quant(x) : x;
+  if (packed) {
+    torch::Tensor y = packed_linear(in, *packed);
+    return bias.defined() ? y + bias : y;
+  }
   return bias.defined() ? torch::linear(in, weight, bias) : torch::linear(in, weight);
 }
 
@@ -126,12 +131,18 @@ LlamaModel::LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device
       expect_tensor(src, fmt::format("model.layers.{}.{}", l, name), shape);
   final_norm_ = load(src, "model.norm.weight", {H}, device);
   // A source that cannot hand out its stored bytes (GGUF, a quantized checkpoint's quantized
-  // head) gives fp32 tensors instead.
-  if (!src.get_stored("model.embed_tokens.weight")) embed_tokens_ = load(src, "model.embed_tokens.weight", {V, H}, device);
-  if (src.has("lm_head.weight") && !src.get_stored("lm_head.weight"))
-    lm_head_.weight = load(src, "lm_head.weight", {V, H}, device);
-  else if (!src.has("lm_head.weight") && embed_tokens_.defined())
+  // head) gives fp32 tensors instead, unless they run packed.
+  packed_embed_ = packed("model.embed_tokens.weight");
+  if (!packed_embed_ && !src.get_stored("model.embed_tokens.weight"))
+    embed_tokens_ = load(src, "model.embed_tokens.weight", {V, H}, device);
+  if (src.has("lm_head.weight")) {
+    lm_head_.packed = packed("lm_head.weight");
+    if (!lm_head_.packed && !src.get_stored("lm_head.weight")) lm_head_.weight = load(src, "lm_head.weight", {V, H}, device);
+  } else if (packed_embed_) {
+    lm_head_.packed = packed_embed_;
+  } else if (embed_tokens_.defined()) {
     lm_head_.weight = embed_tokens_;
+  }
   inv_freq_ = rope_inverse_frequencies(c).to(device);
 
   layers_.resize(c.num_layers);
@@ -163,10 +174,22 @@ int64_t LlamaModel::block_bytes() const {
   return n;
 }
 
+std::shared_ptr<const PackedWeight> LlamaModel::packed(const std::string& name) const {
+  if (!memory_.packed_weights) return nullptr;
+  if (!device_.is_cpu()) fail("{}: quantized weights run packed on the CPU only (device {})", name, device_.str());
+  std::optional<QuantizedTensor> q = src_->get_quantized(name);
+  if (!q) return nullptr;
+  return PackedWeight::make(std::move(*q), src_->get_outliers(name), name);
+}
+
 void LlamaModel::load_block(int l) const {
   DecoderLayer& L = layers_[l];
-  for (const auto& [name, shape] : block_tensors(*src_, l))
-    block_field(L, name) = src_->get(fmt::format("model.layers.{}.{}", l, name)).to(device_, torch::kFloat32).contiguous();
+  for (const auto& [name, shape] : block_tensors(*src_, l)) {
+    const std::string full = fmt::format("model.layers.{}.{}", l, name);
+    if (name.ends_with(".weight") && name.find("_proj.") != std::string::npos)
+      if ((L.linear(name.substr(0, name.rfind('.'))).packed = packed(full))) continue;
+    block_field(L, name) = src_->get(full).to(device_, torch::kFloat32).contiguous();
+  }
   for (const auto& [n, fq] : input_quant_[l]) L.linear(n).input_quant = fq;
 }
 
@@ -287,6 +310,13 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
       fail("forward: token id {} out of range for vocab {}", lo < 0 ? lo : hi, config_.vocab_size);
   }
   if (embed_tokens_.defined()) return torch::embedding(embed_tokens_, tokens.to(device_, torch::kLong));
+  if (packed_embed_) {  // the rows these tokens need, dequantized
+    torch::Tensor ids = tokens.to(torch::kCPU, torch::kLong).contiguous();
+    torch::Tensor out = torch::empty({ids.size(0), ids.size(1), config_.hidden_size}, torch::kFloat32);
+    for (int64_t i = 0; i < ids.numel(); ++i)
+      dequantize_row(packed_embed_->q, ids.data_ptr<int64_t>()[i], out.data_ptr<float>() + i * config_.hidden_size);
+    return out.to(device_);
+  }
   return embed_rows(tokens);
 }
 
@@ -415,7 +445,7 @@ struct StoredHeadFunction : torch::autograd::Function<StoredHeadFunction> {
 
 torch::Tensor LlamaModel::head(const torch::Tensor& x) const {
   torch::Tensor h = rms_norm(x, final_norm_);
-  if (lm_head_.weight.defined()) return lm_head_(h);
+  if (lm_head_.weight.defined() || lm_head_.packed) return lm_head_(h);
   // The stored head (or tied embedding), converted a tile of vocabulary rows at a time.
   const std::string name = src_->has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
   if (!stored_head_) stored_head_ = std::make_unique<StoredTensorView>(*src_->get_stored(name));

@@ -11,14 +11,17 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/packed_linear.h"
 #include "model/weight_source.h"
 
 namespace lowbit {
 
 // A linear layer y = x Wᵀ + b. `weight` is [out, in]. An optional activation fake-quantizer is
-// applied to the input first (used for weight+activation quantization).
+// applied to the input first (used for weight+activation quantization). A layer run as stored
+// holds `packed` (the quantized weight and its outliers, model/packed_linear.h) and no `weight`.
 struct Linear {
   torch::Tensor weight, bias;
+  std::shared_ptr<const PackedWeight> packed;
   std::function<torch::Tensor(const torch::Tensor&)> input_quant;
   torch::Tensor operator()(const torch::Tensor& x) const;
 };
@@ -47,6 +50,10 @@ struct KVCache {
 struct ModelMemory {
   static constexpr int64_t kAll = -1;
   int64_t block_budget_bytes = kAll;  // kAll: every block is loaded once and kept
+  // Quantized weights stay packed and run through the packed kernels (model/packed_linear.h),
+  // rather than being dequantized to fp32 when their block loads. For running a quantized model
+  // (eval, generate); drivers that change weights leave it off.
+  bool packed_weights = false;
 };
 
 class LlamaModel {
@@ -112,6 +119,7 @@ class LlamaModel {
   torch::Device device_;
   ModelMemory memory_;
   torch::Tensor embed_tokens_, final_norm_;  // embed_tokens_ only once materialized
+  std::shared_ptr<const PackedWeight> packed_embed_;  // a quantized embedding run as stored
   Linear lm_head_;                          // weight only once materialized (or untied and not stored)
   mutable std::unique_ptr<StoredTensorView> stored_head_;  // else the head's bytes in the memory map
   mutable std::vector<DecoderLayer> layers_;
@@ -123,6 +131,8 @@ class LlamaModel {
 
   const DecoderLayer& resident(int l) const;
   void load_block(int l) const;
+  // The stored quantized weight `name` as a PackedWeight, or null (not quantized, or not packed).
+  std::shared_ptr<const PackedWeight> packed(const std::string& name) const;
   int64_t block_bytes() const;
   torch::Tensor embed_rows(const torch::Tensor& tokens) const;
 

@@ -58,6 +58,13 @@ class QuantizedSource : public WeightSource {
     return read_quantized_tensor(weights_, name, qconfig_["tensors"][name]);
   }
 
+  std::optional<StoredOutliers> get_outliers(const std::string& name) const override {
+    if (!qconfig_["tensors"].contains(name) || !qconfig_["tensors"][name].contains("outliers")) return std::nullopt;
+    std::vector<int64_t> shape = this->shape(name);
+    if (shape.size() != 2) fail("{}: outliers of '{}', which is not a matrix", dir_, name);
+    return read_outliers(weights_, name, shape[0], shape[1]);
+  }
+
   std::optional<StoredTensorView> get_stored(const std::string& name) const override {
     if (qconfig_["tensors"].contains(name)) return std::nullopt;
     const SafetensorsTensor& t = weights_.tensor(name);

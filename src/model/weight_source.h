@@ -14,6 +14,7 @@
 
 #include "format/quantized_tensor.h"
 #include "io/dtype.h"
+#include "io/quantized_checkpoint.h"
 #include "model/config.h"
 
 namespace lowbit {
@@ -58,6 +59,8 @@ class WeightSource {
   // The stored form of a quantized weight (HF layout), for writers that keep it as it is; nullopt
   // for a weight stored as plain floats.
   virtual std::optional<QuantizedTensor> get_quantized(const std::string& name) const { return std::nullopt; }
+  // The fp16 outliers stored beside a quantized weight (GWQ), validated; nullopt if none.
+  virtual std::optional<StoredOutliers> get_outliers(const std::string& name) const { return std::nullopt; }
   // A plain float tensor (F32, F16, BF16) whose stored bytes are already in HF layout, for writers
   // that keep it in its own dtype; nullopt where the file's form differs (GGUF, quantized). Valid
   // while the source lives.

@@ -18,6 +18,7 @@ using torch::Tensor;
 
 inline const std::string kAssets = LOWBIT_ASSETS;
 inline const std::string kStories = kAssets + "/models/stories260K";
+inline const std::string kGutenberg = kAssets + "/models/gutenberg-6m";
 inline const std::string kCalib = kAssets + "/data/wikitext2/tok_valid.txt";
 
 struct Env : testing::Environment {

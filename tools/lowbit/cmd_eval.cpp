@@ -39,7 +39,7 @@ void add_eval(CLI::App& app) {
     const std::vector<std::string> inputs = {o->model, o->tokenizer, o->text, o->eval.kld_base};
     if (!o->json.empty()) check_output_path(o->json, OutputKind::Json, o->force, inputs);
     if (!o->eval.save_logits.empty()) check_output_path(o->eval.save_logits, OutputKind::Logits, o->force, inputs);
-    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.model_memory());
+    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.run_memory());
     std::string text = read_text_file(o->text);
     std::vector<int32_t> tokens = m.tokenizer->encode(text, /*add_bos=*/false);
     EvalResult r = evaluate(*m.model, tokens, m.tokenizer->bos_id(), o->eval);

@@ -24,7 +24,7 @@ void add_generate(CLI::App& app) {
   o->rt.add_to(cmd);
   cmd->callback([o] {
     o->rt.apply();
-    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.model_memory());
+    LoadedModel m = load_model(o->model, o->tokenizer, o->rt.torch_device(), o->rt.run_memory());
     // Pieces are decoded from the prompt on, so the prompt is printed with the first piece.
     generate_greedy(*m.model, *m.tokenizer, o->prompt, o->max_tokens, [](const std::string& piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);

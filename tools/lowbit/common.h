@@ -24,6 +24,8 @@ struct RuntimeOptions {
   int64_t max_memory_bytes() const;
   // Half of --max-memory for materialized decoder blocks; the rest is for activations.
   ModelMemory model_memory() const { return {max_memory_bytes() / 2}; }  // decoder blocks: half
+  // For commands that only run the model (eval, generate): quantized weights stay packed.
+  ModelMemory run_memory() const { return {max_memory_bytes() / 2, /*packed_weights=*/true}; }
   int64_t activation_memory() const { return max_memory_bytes() / 4; }   // calibration activations
 };
 
