@@ -114,7 +114,6 @@ EvalResult evaluate(const LlamaModel& model, const std::vector<int32_t>& text_to
   int64_t same_top = 0;
   std::vector<float> base_rows;
 
-  auto long_opts = torch::TensorOptions().dtype(torch::kLong);
   Progress progress("eval", size_t(plan.chunks), opt.progress);
   for (int64_t c0 = 0; c0 < plan.chunks; c0 += batch) {
     const int64_t nb = std::min(batch, plan.chunks - c0);

@@ -162,6 +162,13 @@ void dequantize_rows(const QuantizedTensor& q, int64_t begin, int64_t end, float
                      SimdLevel level) {
   if (begin < 0 || end > q.rows || begin > end)
     fail("dequantize_rows: rows [{}, {}) outside [0, {})", begin, end, q.rows);
+  if (q.spec.scaling() == Scaling::Ggml) {  // ggml's own formulas, row by row
+    check_kernel_layout(q);
+    const int64_t row_bytes = ggml_row_bytes(q.spec, q.cols);
+    for (int64_t r = begin; r < end; ++r)
+      dequantize_ggml(ggml_type_of(q.spec), q.blocks.data() + r * row_bytes, q.cols, out + (r - begin) * q.cols);
+    return;
+  }
   WeightView v;
   kernels::make_view(q, v);
   if (begin < end) pick(v, level)->dequantize_rows(v, begin, end, out, v.cols);
@@ -228,7 +235,17 @@ void qmatmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r
   if (r0 < 0 || r1 > w.rows || r0 > r1) fail("qmatmul: rows [{}, {}) outside [0, {})", r0, r1, w.rows);
   if (w.spec.scaling() == Scaling::Ggml) {
     check_kernel_layout(w);
-    if (n > 0) ggml_matmul_rows(x, n, w, r0, r1, y, ldy);
+    if (n == 0 || r0 == r1) return;
+    const GGMLType type = ggml_type_of(w.spec);
+    if (level == SimdLevel::Avx512 && kernels::ggml_avx512_supports(type)) {
+      WeightView v;
+      v.row_bytes = ggml_row_bytes(w.spec, w.cols);
+      v.codes = w.blocks.data() + r0 * v.row_bytes;
+      v.rows = r1 - r0;
+      v.cols = w.cols;
+      return kernels::ggml_matmul_avx512(x, n, v, type, y, ldy);
+    }
+    ggml_matmul_rows(x, n, w, r0, r1, y, ldy);  // other types and levels: decoded row by row
     return;
   }
   WeightView v;

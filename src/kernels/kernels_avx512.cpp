@@ -415,6 +415,14 @@ LB_TARGET void gemm(const float* x, int64_t n, const WeightView& w, float* y, in
   }
 }
 
+}  // namespace
+
+void gemm_tiles_avx512(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy, TileDecodeFn decode) {
+  gemm(x, n, w, y, ldy, decode);
+}
+
+namespace {
+
 struct Impl {
   DequantFn dequant;
   GemvFn gemv;

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "format/quantized_tensor.h"
+#include "io/ggml_type.h"
 #include "util/half.h"
 
 namespace lowbit::kernels {
@@ -183,6 +184,19 @@ const KernelSet* avx2_kernels();
 const KernelSet* avx512_kernels();
 bool cpu_has_avx2();    // AVX2, FMA, F16C
 bool cpu_has_avx512();  // AVX-512 F, BW, VL, DQ, plus cpu_has_avx2()
+
+// Decodes rows [r0, r1), columns [k0, k1) of a weight into out (row r at out + (r - r0) * ld).
+using TileDecodeFn = void (*)(const WeightView& w, int64_t r0, int64_t r1, float* out, int64_t ld, int64_t k0,
+                              int64_t k1);
+// y = x · Ŵᵀ through tiles that `decode` fills (kernels_avx512.cpp's fp32 GEMM), y[i, r] at
+// y + i * ldy + r. Needs AVX-512.
+void gemm_tiles_avx512(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy, TileDecodeFn decode);
+
+// ggml's blocks as stored (kernels_ggml_avx512.cpp): a view with codes = the blocks, row_bytes =
+// one row's blocks, rows and cols set (nothing else is read). Types: Q4_0, Q4_1, Q8_0, IQ4_NL,
+// Q4_K, Q6_K, on a CPU with AVX-512.
+bool ggml_avx512_supports(GGMLType t);
+void ggml_matmul_avx512(const float* x, int64_t n, const WeightView& w, GGMLType t, float* y, int64_t ldy);
 
 // Whether segments of the view can be walked in chunks of 16 columns that start on byte
 // boundaries: every segment but a row's last is a multiple of 16 columns.

@@ -109,6 +109,9 @@ class LlamaModel {
   // changes them (quantizers); with tied embeddings lm_head().weight is the embedding, and a
   // quantizer must set both.
   Linear& lm_head();
+  // The embedding and head when they run packed (ModelMemory::packed_weights), else null.
+  const PackedWeight* packed_embedding() const { return packed_embed_.get(); }
+  const PackedWeight* packed_head() const { return lm_head_.packed.get(); }
   torch::Tensor& embed_weight();
   const WeightSource& source() const { return *src_; }
 

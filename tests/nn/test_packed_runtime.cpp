@@ -18,7 +18,9 @@
 #include "format/format.h"
 #include "model/model_loader.h"
 #include "model/gguf_export.h"
+#include "kernels/kernels.h"
 #include "model/packed_linear.h"
+#include "quant/quantizer.h"
 #include "quant/quantize_model.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -123,7 +125,7 @@ const std::vector<int32_t>& text_tokens(const Tokenizer& tok) {
 struct Comparison {
   double max_logit_diff = 0, max_logit = 0, ppl_packed = 0, ppl_dequantized = 0;
   int packed_linears = 0, linears = 0;
-  bool packed_head = false;
+  bool packed_head = false, packed_embedding = false;
 };
 
 // The checkpoint run packed and dequantized, on the same tokens.
@@ -133,7 +135,8 @@ Comparison compare_paths(const std::string& dir) {
   LoadedModel p = load_model(dir, "", torch::kCPU, packed), d = load_model(dir);
   Comparison c;
   c.linears = 7 * p.model->config().num_layers;
-  c.packed_head = p.model->lm_head().packed != nullptr;
+  c.packed_head = p.model->packed_head() != nullptr;
+  c.packed_embedding = p.model->packed_embedding() != nullptr;
   for (int l = 0; l < p.model->config().num_layers; ++l)
     for (const std::string& n : DecoderLayer::linear_names()) {
       const Linear& lin = p.model->layer(l).linear(n);
@@ -192,6 +195,37 @@ TEST(PackedLinear, EveryFamilyWithinTheFp32BoundWithAndWithoutOutliers) {
       EXPECT_EQ(packed->nnz(), with_outliers ? int64_t(o->col.size()) : 0);
       for (int64_t n : {1, 3, 17}) expect_within_bound(*packed, dense, n, seed++, s + (with_outliers ? "+outliers" : ""));
     }
+}
+
+// ggml's block types as stored, at every level that runs them (AVX-512 decodes them itself;
+// below, rows are decoded by io/ggml_blocks.h): GEMV (n = 1, 3) and tiled GEMM (n = 17).
+TEST(PackedLinear, GgufBlockTypesWithinTheFp32BoundAtEveryLevel) {
+  unsigned seed = 100;
+  for (const char* type : {"gguf:q4_0", "gguf:q4_1", "gguf:q8_0", "gguf:iq4_nl", "gguf:q4_k", "gguf:q6_k"}) {
+    const int64_t rows = 200, cols = 1280;  // 5 super-blocks; a GEMM tile of 1024 columns and a partial one
+    std::vector<float> w = gaussian(rows * cols, seed++, 0.05f);
+    LayerQuantOptions opt;
+    opt.compute_output_error = false;
+    QuantizedTensor q = quantize_layer(torch::from_blob(w.data(), {rows, cols}), FormatSpec::parse(type), opt).q;
+    ASSERT_FALSE(q.blocks.empty()) << type;
+    std::vector<float> dense = dequantize(q);  // ggml's dequantize_row_* formulas
+    auto packed = PackedWeight::make(q, std::nullopt, type);
+    for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
+      if (!simd_level_supported(level)) continue;
+      ScopedSimdLevel scoped(level);
+      for (int64_t n : {1, 3, 17})
+        expect_within_bound(*packed, dense, n, seed++, std::string(type) + " " + simd_level_name(level));
+      // Unit vectors pick single weights: the decoded values are ggml's, bit for bit.
+      for (int64_t n : {1, 17}) {
+        Tensor x = torch::zeros({n, cols});
+        for (int64_t i = 0; i < n; ++i) x[i][(i * 379 + 5) % cols] = 1.0f;
+        Tensor y = packed_linear(x, *packed);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = 0; r < rows; r += 7)
+            ASSERT_EQ(y[i][r].item<float>(), dense[r * cols + (i * 379 + 5) % cols]) << type << " " << simd_level_name(level);
+      }
+    }
+  }
 }
 
 TEST(PackedLinear, InconsistentStoredPiecesAreRefusedByName) {
@@ -262,6 +296,7 @@ TEST(PackedModel, GgufBlockTypesRunAsTheDequantizedFile) {
     quantize_model(job);
     Comparison c = compare_paths(g.out);
     EXPECT_TRUE(c.packed_head) << type;
+    EXPECT_TRUE(c.packed_embedding) << type;
     expect_same_model(c, type);
   }
 }
