@@ -12,9 +12,10 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 
 #include "io/ggml_blocks.h"
-#include "util/half.h"
 
 #define LB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define LB_INLINE inline __attribute__((always_inline))
@@ -22,7 +23,12 @@
 namespace lowbit::kernels {
 namespace {
 
-float half_at(const uint8_t* p) { return fp16_to_float(uint16_t(p[0] | (p[1] << 8))); }
+// F16C's conversion: exact, as fp16_to_float (subnormals included).
+LB_TARGET LB_INLINE float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
 
 LB_TARGET LB_INLINE __m512 low_nibbles(__m128i b) {
   return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(0x0f))));
@@ -32,23 +38,34 @@ LB_TARGET LB_INLINE __m512 high_nibbles(__m128i b) {
 }
 LB_TARGET LB_INLINE __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 
+// IQ4_NL's grid as floats (io/ggml_blocks.h defines it).
+const std::array<float, 16>& iq4nl_table() {
+  static const std::array<float, 16> t = [] {
+    std::array<float, 16> v{};
+    for (size_t i = 0; i < 16; ++i) v[i] = float(iq4nl_values()[i]);
+    return v;
+  }();
+  return t;
+}
+
 // 16 table entries by nibble (Q4_0: q - 8; IQ4_NL: its grid).
 LB_TARGET LB_INLINE __m512 table_nibbles(__m128i nibbles, __m512 table) {
   return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles), table);
 }
 
-// Calls sink(col, v) with the 16 values of columns col..col+15, for every 16 columns of
-// [k0, k1) of one row (k0, k1 whole blocks).
+// Elements per block (super-block for the K types).
+template <GGMLType T>
+constexpr int64_t kBlock = T == GGMLType::Q4_K || T == GGMLType::Q6_K ? 256 : 32;
+
+// Calls sink(col, v) with the 16 values of columns col..col+15, for every 16 columns of the
+// block of one row that starts at column c0.
 template <GGMLType T, class Sink>
-LB_TARGET LB_INLINE void decode_row(const uint8_t* row, int64_t k0, int64_t k1, Sink& sink) {
+LB_TARGET LB_INLINE void decode_block(const uint8_t* row, int64_t c0, Sink& sink) {
+  const int64_t k0 = c0, k1 = c0 + kBlock<T>;
   const __m512 q4_0_table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   if constexpr (T == GGMLType::Q4_0 || T == GGMLType::IQ4_NL || T == GGMLType::Q4_1) {
     __m512 table = q4_0_table;
-    if constexpr (T == GGMLType::IQ4_NL) {
-      alignas(64) float t[16];
-      for (int i = 0; i < 16; ++i) t[i] = float(iq4nl_values()[size_t(i)]);
-      table = _mm512_load_ps(t);
-    }
+    if constexpr (T == GGMLType::IQ4_NL) table = _mm512_loadu_ps(iq4nl_table().data());
     constexpr int64_t bytes = T == GGMLType::Q4_1 ? 20 : 18, head = T == GGMLType::Q4_1 ? 4 : 2;
     for (int64_t c = k0; c < k1; c += 32) {
       const uint8_t* b = row + (c / 32) * bytes;
@@ -127,6 +144,12 @@ LB_TARGET LB_INLINE void decode_row(const uint8_t* row, int64_t k0, int64_t k1, 
   }
 }
 
+// decode_block for every block of columns [k0, k1) (whole blocks).
+template <GGMLType T, class Sink>
+LB_TARGET LB_INLINE void decode_row(const uint8_t* row, int64_t k0, int64_t k1, Sink& sink) {
+  for (int64_t c = k0; c < k1; c += kBlock<T>) decode_block<T>(row, c, sink);
+}
+
 // Writes the values of columns [k0, k1) at out[col - k0].
 struct StoreSink {
   float* out;
@@ -134,16 +157,11 @@ struct StoreSink {
   LB_TARGET LB_INLINE void operator()(int64_t col, __m512 v) { _mm512_storeu_ps(out + col - k0, v); }
 };
 
-// Sums x[col] * w[col] in two accumulators.
+// Sums x[col] * w[col].
 struct DotSink {
   const float* x;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  bool odd = false;
-  LB_TARGET LB_INLINE void operator()(int64_t col, __m512 v) {
-    if (odd) acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + col), v, acc1);
-    else acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + col), v, acc0);
-    odd = !odd;
-  }
+  __m512 acc = _mm512_setzero_ps();
+  LB_TARGET LB_INLINE void operator()(int64_t col, __m512 v) { acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + col), v, acc); }
 };
 
 template <GGMLType T>
@@ -158,12 +176,25 @@ LB_TARGET void decode_tile(const WeightView& w, int64_t r0, int64_t r1, float* o
 template <GGMLType T>
 LB_TARGET void matmul(const float* x, int64_t n, const WeightView& w, float* y, int64_t ldy) {
   if (n >= 4) return gemm_tiles_avx512(x, n, w, y, ldy, decode_tile<T>);
-  for (int64_t r = 0; r < w.rows; ++r)
-    for (int64_t i = 0; i < n; ++i) {
-      DotSink sink{x + i * w.cols};
-      decode_row<T>(w.row_codes(r), 0, w.cols, sink);
-      y[i * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(sink.acc0, sink.acc1));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * w.cols;
+    for (int64_t r = 0; r < w.rows; ++r) {
+      // Four blocks at a time into four sums: four chains of FMAs overlap, and the row is read
+      // in order (the hardware prefetcher's best case).
+      const uint8_t* row = w.row_codes(r);
+      DotSink s0{xi}, s1{xi}, s2{xi}, s3{xi};
+      constexpr int64_t B = kBlock<T>;
+      int64_t c = 0;
+      for (; c + 4 * B <= w.cols; c += 4 * B) {
+        decode_block<T>(row, c, s0);
+        decode_block<T>(row, c + B, s1);
+        decode_block<T>(row, c + 2 * B, s2);
+        decode_block<T>(row, c + 3 * B, s3);
+      }
+      for (; c < w.cols; c += B) decode_block<T>(row, c, s0);
+      y[i * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0.acc, s1.acc), _mm512_add_ps(s2.acc, s3.acc)));
     }
+  }
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include "util/error.h"
+
 namespace lowbit {
 
 GenerateResult generate(const LlamaModel& model, const Tokenizer& tok, const std::string& prompt,
@@ -11,6 +13,11 @@ GenerateResult generate(const LlamaModel& model, const Tokenizer& tok, const std
   using clock = std::chrono::steady_clock;
   GenerateResult r;
   r.ids = tok.encode(prompt, /*add_bos=*/true);
+  if (options.prompt_tokens > 0) {
+    if (r.ids.size() < 2) fail("generate: the prompt has no tokens to repeat up to {}", options.prompt_tokens);
+    for (size_t i = 1; int64_t(r.ids.size()) < options.prompt_tokens; ++i) r.ids.push_back(r.ids[i]);
+    r.ids.resize(size_t(options.prompt_tokens));
+  }
   r.prompt_tokens = int64_t(r.ids.size());
   Sampler sampler(options.sampling);
   KVCache cache = model.make_cache(1, r.prompt_tokens + options.max_new_tokens);
@@ -18,10 +25,10 @@ GenerateResult generate(const LlamaModel& model, const Tokenizer& tok, const std
   std::string shown;  // text already handed to on_text
   for (int step = 0; step < options.max_new_tokens; ++step) {
     const auto t0 = clock::now();
-    torch::Tensor logits = model.forward(input, &cache)[0][-1].contiguous();
+    torch::Tensor logits = model.forward(input, &cache, /*last_position_only=*/true)[0][-1].contiguous();
     (step == 0 ? r.prefill_seconds : r.decode_seconds) += std::chrono::duration<double>(clock::now() - t0).count();
     int32_t next = sampler.sample(logits.data_ptr<float>(), logits.numel(), r.ids);
-    if (next == tok.eos_id() || next == tok.bos_id()) break;
+    if (!options.ignore_eos && (next == tok.eos_id() || next == tok.bos_id())) break;
     r.ids.push_back(next);
     ++r.new_tokens;
     if (options.on_text) {

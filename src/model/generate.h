@@ -13,6 +13,9 @@ namespace lowbit {
 
 struct GenerateOptions {
   int max_new_tokens = 256;
+  bool ignore_eos = false;  // generate max_new_tokens whatever comes (benchmarks)
+  // > 0: the prompt's tokens (BOS included) cut or repeated to exactly this many (benchmarks).
+  int64_t prompt_tokens = 0;
   SamplingOptions sampling;
   // Receives each newly completed piece of decoded text (never a partial UTF-8 character).
   std::function<void(const std::string&)> on_text;

@@ -164,12 +164,25 @@ LlamaModel::LlamaModel(std::shared_ptr<const WeightSource> source, torch::Device
     for (int l = 0; l < c.num_layers; ++l) resident(l);
 }
 
+// Bytes a block takes in memory: its fp32 tensors, or (packed) the stored bytes of its linears.
+// Before any block is loaded, the fp32 size from the shapes.
 int64_t LlamaModel::block_bytes() const {
+  if (loaded_block_bytes_ > 0) return loaded_block_bytes_;
   int64_t n = 0;
   for (const auto& [name, shape] : block_tensors(*src_, 0)) {
     int64_t e = 1;
     for (int64_t d : shape) e *= d;
     n += e * 4;
+  }
+  return n;
+}
+
+static int64_t resident_bytes(const DecoderLayer& L) {
+  int64_t n = (L.attn_norm.numel() + L.mlp_norm.numel()) * 4;
+  for (const std::string& name : DecoderLayer::linear_names()) {
+    const Linear& lin = L.linear(name);
+    n += (lin.weight.defined() ? lin.weight.numel() * 4 : 0) + (lin.bias.defined() ? lin.bias.numel() * 4 : 0) +
+         (lin.packed ? lin.packed->resident_bytes() : 0);
   }
   return n;
 }
@@ -191,6 +204,7 @@ void LlamaModel::load_block(int l) const {
     block_field(L, name) = src_->get(full).to(device_, torch::kFloat32).contiguous();
   }
   for (const auto& [n, fq] : input_quant_[l]) L.linear(n).input_quant = fq;
+  loaded_block_bytes_ = std::max(loaded_block_bytes_, resident_bytes(L));  // blocks differ only by format
 }
 
 const DecoderLayer& LlamaModel::resident(int l) const {
@@ -469,13 +483,13 @@ KVCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {
   return cache;
 }
 
-torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) const {
+torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, bool last_position_only) const {
   torch::NoGradGuard no_grad;
   const int64_t pos0 = cache ? cache->length : 0;
   torch::Tensor x = embed(tokens);
   for (int i = 0; i < config_.num_layers; ++i) x = layer_forward(i, x, pos0, cache);
   if (cache) cache->length += tokens.size(1);
-  return head(x);
+  return head(last_position_only ? x.narrow(1, x.size(1) - 1, 1).contiguous() : x);
 }
 
 }  // namespace lowbit

@@ -64,9 +64,10 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   torch::Device device() const { return device_; }
 
-  // tokens: [B, T] int64. Returns logits [B, T, vocab] float32. With a cache, the tokens continue
-  // the cached sequence and the cache grows by T.
-  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr) const;
+  // tokens: [B, T] int64. Returns logits [B, T, vocab] float32 ([B, 1, vocab] for the last
+  // position only: generation, which needs no other). With a cache, the tokens continue the
+  // cached sequence and the cache grows by T.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr, bool last_position_only = false) const;
 
   KVCache make_cache(int64_t batch, int64_t capacity) const;
 
@@ -137,6 +138,7 @@ class LlamaModel {
   // The stored quantized weight `name` as a PackedWeight, or null (not quantized, or not packed).
   std::shared_ptr<const PackedWeight> packed(const std::string& name) const;
   int64_t block_bytes() const;
+  mutable int64_t loaded_block_bytes_ = 0;  // the largest block loaded so far
   torch::Tensor embed_rows(const torch::Tensor& tokens) const;
 
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
