@@ -12,6 +12,7 @@
 #include "model/gguf_names.h"
 #include "model/weight_source.h"
 #include "util/error.h"
+#include "util/mapped_file.h"
 
 namespace lowbit {
 
@@ -94,6 +95,7 @@ class GGUFSource : public WeightSource {
         std::copy_n(t.data + r * row_bytes, row_bytes, blocks.data() + hf * row_bytes);
       }
     }
+    release_mapped_pages(t.data, t.nbytes);  // copied: the packed copy is what stays resident
     return from_ggml_blocks(*spec, rows, cols, std::move(blocks));
   }
 

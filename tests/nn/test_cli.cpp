@@ -140,6 +140,8 @@ TEST(Cli, TokenizerVocabularyMismatch) {
 }
 
 // quantize -> export --dequantize -> eval: the plain checkpoint computes what the quantized one does.
+// The quantized one runs packed (kernels' fp32 sums in another order than BLAS's), so the two
+// agree within fp32 rounding, far tighter than any quantization effect.
 TEST(Cli, QuantizeExportEvalAgree) {
   fs::path d = scratch("qexport");
   std::string q = (d / "q").string(), f = (d / "f32").string();
@@ -148,11 +150,11 @@ TEST(Cli, QuantizeExportEvalAgree) {
   std::string eval = kText + " --ctx 64 --no-progress --json ";
   ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
   ASSERT_EQ(run("eval --model " + f + eval + (d / "f.json").string()).exit_code, 0);
-  EXPECT_DOUBLE_EQ(perplexity_in(d / "q.json"), perplexity_in(d / "f.json"));
+  EXPECT_NEAR(perplexity_in(d / "q.json"), perplexity_in(d / "f.json"), 1e-5 * perplexity_in(d / "f.json"));
 }
 
 // quantize --out --out-gguf -> eval both: lowbit's own checkpoint and the GGUF file give the same
-// perplexity, printed with every digit the JSON holds.
+// perplexity (within fp32 rounding: the same blocks, row order differing for q/k).
 TEST(Cli, GgufAndCheckpointPerplexityAgree) {
   fs::path d = scratch("gguf");
   std::string q = (d / "q").string(), g = (d / "q.gguf").string();
@@ -162,7 +164,7 @@ TEST(Cli, GgufAndCheckpointPerplexityAgree) {
   std::string eval = kText + " --ctx 64 --no-progress --tokenizer " + kStories + "/tokenizer.json --json ";
   ASSERT_EQ(run("eval --model " + q + eval + (d / "q.json").string()).exit_code, 0);
   ASSERT_EQ(run("eval --model " + g + eval + (d / "g.json").string()).exit_code, 0);
-  EXPECT_EQ(perplexity_in(d / "q.json"), perplexity_in(d / "g.json"));
+  EXPECT_NEAR(perplexity_in(d / "q.json"), perplexity_in(d / "g.json"), 1e-5 * perplexity_in(d / "q.json"));
   // --out-gguf alone leaves only the file: its scratch checkpoint is removed.
   fs::path only = scratch("gguf_only");
   r = run("quantize --model " + kStories + " --out-gguf " + (only / "x.gguf").string() + " --format gguf:q8_0 --no-progress");
@@ -222,7 +224,7 @@ TEST(Cli, QuantizeWithAPlanAndOutliers) {
   std::string eval = kText + " --ctx 64 --no-progress --json ";
   ASSERT_EQ(run("eval --model " + q + eval + (d / "eq.json").string()).exit_code, 0);
   ASSERT_EQ(run("eval --model " + f + eval + (d / "ef.json").string()).exit_code, 0);
-  EXPECT_DOUBLE_EQ(perplexity_in(d / "eq.json"), perplexity_in(d / "ef.json"));
+  EXPECT_NEAR(perplexity_in(d / "eq.json"), perplexity_in(d / "ef.json"), 1e-5 * perplexity_in(d / "ef.json"));  // packed
   expect_clean_error("export --format gguf --model " + q + " --out " + (d / "x.gguf").string(), "outliers");
   expect_clean_error("quantize --model " + kStories + " --dry-run --format gguf:q4_0 --outliers gradient:1" + calib,
                      "no sparse fp16 part");
