@@ -237,7 +237,8 @@ void qmatmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r
     check_kernel_layout(w);
     if (n == 0 || r0 == r1) return;
     const GGMLType type = ggml_type_of(w.spec);
-    if (level == SimdLevel::Avx512 && kernels::ggml_avx512_supports(type)) {
+    const bool half = type == GGMLType::F16 || type == GGMLType::BF16;
+    if (level == SimdLevel::Avx512 && kernels::ggml_avx512_supports(type) && (!half || w.cols % 16 == 0)) {
       WeightView v;
       v.row_bytes = ggml_row_bytes(w.spec, w.cols);
       v.codes = w.blocks.data() + r0 * v.row_bytes;

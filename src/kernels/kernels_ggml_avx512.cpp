@@ -1,5 +1,5 @@
-// AVX-512 kernels on ggml's blocks as stored (Q4_0, Q4_1, Q8_0, IQ4_NL, Q4_K, Q6_K): a GGUF
-// file's weights run without conversion. Each block is decoded into fp32 vectors with ggml's own
+// AVX-512 kernels on ggml's blocks as stored (Q4_0, Q4_1, Q8_0, IQ4_NL, Q4_K, Q6_K, and plain
+// F16 / BF16 rows): a GGUF file's weights, or a bf16 model's, run without conversion. Each block is decoded into fp32 vectors with ggml's own
 // formulas (io/ggml_blocks.h), whose products are exact in fp32, so the decoded values are bit
 // for bit those of dequantize_ggml; they are then either multiplied into a row of x at once
 // (GEMV, for decoding) or written into a tile for the fp32 GEMM of kernels_avx512.cpp (prefill).
@@ -53,9 +53,10 @@ LB_TARGET LB_INLINE __m512 table_nibbles(__m128i nibbles, __m512 table) {
   return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles), table);
 }
 
-// Elements per block (super-block for the K types).
+// Elements per block (super-block for the K types; F16 and BF16 are walked 16 at a time).
 template <GGMLType T>
-constexpr int64_t kBlock = T == GGMLType::Q4_K || T == GGMLType::Q6_K ? 256 : 32;
+constexpr int64_t kBlock = T == GGMLType::Q4_K || T == GGMLType::Q6_K ? 256
+                           : T == GGMLType::F16 || T == GGMLType::BF16 ? 16 : 32;
 
 // Calls sink(col, v) with the 16 values of columns col..col+15, for every 16 columns of the
 // block of one row that starts at column c0.
@@ -82,6 +83,11 @@ LB_TARGET LB_INLINE void decode_block(const uint8_t* row, int64_t c0, Sink& sink
         sink(c + 16, _mm512_mul_ps(table_nibbles(hi, table), d));
       }
     }
+  } else if constexpr (T == GGMLType::F16) {  // exact conversions
+    sink(k0, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k0))));
+  } else if constexpr (T == GGMLType::BF16) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k0)));
+    sink(k0, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
   } else if constexpr (T == GGMLType::Q8_0) {
     for (int64_t c = k0; c < k1; c += 32) {
       const uint8_t* b = row + (c / 32) * 34;
@@ -202,7 +208,7 @@ LB_TARGET void matmul(const float* x, int64_t n, const WeightView& w, float* y, 
 bool ggml_avx512_supports(GGMLType t) {
   switch (t) {
     case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q8_0: case GGMLType::IQ4_NL: case GGMLType::Q4_K:
-    case GGMLType::Q6_K: return cpu_has_avx512();
+    case GGMLType::Q6_K: case GGMLType::F16: case GGMLType::BF16: return cpu_has_avx512();
     default: return false;
   }
 }
@@ -215,6 +221,8 @@ void ggml_matmul_avx512(const float* x, int64_t n, const WeightView& w, GGMLType
     case GGMLType::IQ4_NL: return matmul<GGMLType::IQ4_NL>(x, n, w, y, ldy);
     case GGMLType::Q4_K: return matmul<GGMLType::Q4_K>(x, n, w, y, ldy);
     case GGMLType::Q6_K: return matmul<GGMLType::Q6_K>(x, n, w, y, ldy);
+    case GGMLType::F16: return matmul<GGMLType::F16>(x, n, w, y, ldy);
+    case GGMLType::BF16: return matmul<GGMLType::BF16>(x, n, w, y, ldy);
     default: break;
   }
 }

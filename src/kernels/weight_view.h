@@ -194,7 +194,7 @@ void gemm_tiles_avx512(const float* x, int64_t n, const WeightView& w, float* y,
 
 // ggml's blocks as stored (kernels_ggml_avx512.cpp): a view with codes = the blocks, row_bytes =
 // one row's blocks, rows and cols set (nothing else is read). Types: Q4_0, Q4_1, Q8_0, IQ4_NL,
-// Q4_K, Q6_K, on a CPU with AVX-512.
+// Q4_K, Q6_K, and F16 / BF16 with cols a multiple of 16, on a CPU with AVX-512.
 bool ggml_avx512_supports(GGMLType t);
 void ggml_matmul_avx512(const float* x, int64_t n, const WeightView& w, GGMLType t, float* y, int64_t ldy);
 

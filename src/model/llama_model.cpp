@@ -8,6 +8,7 @@
 
 #include "io/dtype.h"
 #include "kernels/kernels.h"
+#include "util/mapped_file.h"
 #include "quant/activation.h"
 #include "util/error.h"
 
@@ -191,8 +192,19 @@ std::shared_ptr<const PackedWeight> LlamaModel::packed(const std::string& name) 
   if (!memory_.packed_weights) return nullptr;
   if (!device_.is_cpu()) fail("{}: quantized weights run packed on the CPU only (device {})", name, device_.str());
   std::optional<QuantizedTensor> q = src_->get_quantized(name);
-  if (!q) return nullptr;
-  return PackedWeight::make(std::move(*q), src_->get_outliers(name), name);
+  if (q) return PackedWeight::make(std::move(*q), src_->get_outliers(name), name);
+  // F16/BF16 weights of the linears and the head run as they are stored too: an original bf16
+  // model holds bf16, and decoding never converts a whole weight per token. (An embedding used
+  // only for look-ups stays in the memory map.)
+  if (name != "model.embed_tokens.weight" || !src_->has("lm_head.weight")) {
+    std::optional<StoredTensorView> v = src_->get_stored(name);
+    if (!v || v->shape.size() != 2 || (v->dtype != DType::BF16 && v->dtype != DType::F16)) return nullptr;
+    const FormatSpec spec = FormatSpec::parse(v->dtype == DType::BF16 ? "gguf:bf16" : "gguf:f16");
+    std::vector<uint8_t> bytes(v->data, v->data + v->nbytes);
+    release_mapped_pages(v->data, v->nbytes);
+    return PackedWeight::make(from_ggml_blocks(spec, v->shape[0], v->shape[1], std::move(bytes)), std::nullopt, name);
+  }
+  return nullptr;
 }
 
 void LlamaModel::load_block(int l) const {

@@ -51,8 +51,9 @@ struct ModelMemory {
   static constexpr int64_t kAll = -1;
   int64_t block_budget_bytes = kAll;  // kAll: every block is loaded once and kept
   // Quantized weights stay packed and run through the packed kernels (model/packed_linear.h),
-  // rather than being dequantized to fp32 when their block loads. For running a quantized model
-  // (eval, generate); drivers that change weights leave it off.
+  // rather than being dequantized to fp32 when their block loads; F16/BF16 weights stay in their
+  // 16 bits the same way. For running a model (eval, generate); drivers that change weights
+  // leave it off.
   bool packed_weights = false;
 };
 
