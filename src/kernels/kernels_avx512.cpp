@@ -17,19 +17,11 @@
 #include "kernels/weight_view.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-// GCC 12's avx512fintrin.h seeds some intrinsics (unpack, extract) with a deliberately
-// uninitialized vector, which -Wuninitialized reports at every use.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "kernels/avx512_target.h"
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
-
-#define LB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define LB_INLINE inline __attribute__((always_inline))
 
 namespace lowbit::kernels {
 namespace {

@@ -1,24 +1,18 @@
 // AVX-512 kernels on ggml's blocks as stored (Q4_0, Q4_1, Q8_0, IQ4_NL, Q4_K, Q6_K, and plain
-// F16 / BF16 rows): a GGUF file's weights, or a bf16 model's, run without conversion. Each block is decoded into fp32 vectors with ggml's own
-// formulas (io/ggml_blocks.h), whose products are exact in fp32, so the decoded values are bit
-// for bit those of dequantize_ggml; they are then either multiplied into a row of x at once
-// (GEMV, for decoding) or written into a tile for the fp32 GEMM of kernels_avx512.cpp (prefill).
+// F16 / BF16 rows): a GGUF file's weights, or a bf16 model's, run without conversion. Each block
+// is decoded into fp32 vectors with ggml's own formulas (io/ggml_blocks.h), whose products are
+// exact in fp32, so the decoded values are bit for bit those of dequantize_ggml; they are then
+// either multiplied into a row of x at once (GEMV, for decoding) or written into a tile for the
+// fp32 GEMM of kernels_avx512.cpp (prefill).
 #include "kernels/weight_view.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "kernels/avx512_target.h"
 
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-#include <algorithm>
 #include <array>
 #include <cstring>
 
 #include "io/ggml_blocks.h"
-
-#define LB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define LB_INLINE inline __attribute__((always_inline))
 
 namespace lowbit::kernels {
 namespace {
