@@ -3,7 +3,8 @@
 // straight to the kernels (src/kernels), with GWQ's fp16 outliers added by a CSR product. No
 // dequantized copy of the weight is ever made, so the layer's memory is its packed bytes.
 //
-//   y = x · Ŵᵀ + x · Sᵀ     Ŵ the low-bit part (exactly 0 where an outlier sits), S the outliers
+//   y = x · Ŵᵀ + x · Sᵀ     Ŵ the low-bit part, S the outliers minus what Ŵ holds at their
+//                           places (so that Ŵ + S is the checkpoint's weight exactly)
 //
 // The product is threaded over blocks of output rows (at::parallel_for); each block's rows are
 // computed as the single-threaded kernel computes them, so every thread count gives the same bits.
@@ -22,7 +23,8 @@ namespace lowbit {
 struct PackedWeight {
   QuantizedTensor q;
   // The outliers in CSR form (empty when there are none): row r's are entries
-  // row_ptr[r] .. row_ptr[r+1]-1, at columns col[k] with values value[k] (the fp16 values, exact).
+  // row_ptr[r] .. row_ptr[r+1]-1, at columns col[k], adding value[k]: the fp16 outlier minus the
+  // low-bit value there (the fp16 value itself where the quantizer left 0, as lowbit's do).
   std::vector<int32_t> row_ptr, col;
   std::vector<float> value;
 
@@ -41,7 +43,7 @@ struct PackedWeight {
 // x [..., cols] (float32, CPU) times the packed weight: [..., rows] float32.
 torch::Tensor packed_linear(const torch::Tensor& x, const PackedWeight& w);
 
-// Output rows per thread block: a multiple of the kernels' 64-row GEMM tile.
+// Output rows per thread block (each thread takes whole blocks).
 inline constexpr int64_t kPackedRowBlock = 64;
 
 }  // namespace lowbit
