@@ -276,17 +276,27 @@ StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string&
       std::memcpy(&o.col[size_t(i)], col.data + 4 * i, 4);
     }
   }
-  if (o.row_ptr[0] != 0 || o.row_ptr[size_t(rows)] != nnz) bad(ptr, "does not run from 0 to the number of outliers");
+  if (std::optional<OutliersProblem> p = find_outliers_problem(o, rows, cols))
+    bad(p->part == "outlier_rowptr" ? ptr : p->part == "outlier_cols" ? col : val, p->why);
+  return o;
+}
+
+std::optional<OutliersProblem> find_outliers_problem(const StoredOutliers& o, int64_t rows, int64_t cols) {
+  const int64_t nnz = int64_t(o.values.size());
+  if (int64_t(o.row_ptr.size()) != rows + 1) return OutliersProblem{"outlier_rowptr", fmt::format("must hold {} entries", rows + 1)};
+  if (int64_t(o.col.size()) != nnz) return OutliersProblem{"outlier_cols", fmt::format("must hold {} entries", nnz)};
+  if (o.row_ptr[0] != 0 || o.row_ptr[size_t(rows)] != nnz)
+    return OutliersProblem{"outlier_rowptr", "does not run from 0 to the number of outliers"};
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t b = o.row_ptr[size_t(r)], e = o.row_ptr[size_t(r + 1)];
-    if (e < b) bad(ptr, "is not monotone");
+    if (e < b) return OutliersProblem{"outlier_rowptr", "is not monotone"};
     for (int32_t i = b; i < e; ++i)
       if (o.col[size_t(i)] < 0 || o.col[size_t(i)] >= cols || (i > b && o.col[size_t(i)] <= o.col[size_t(i - 1)]))
-        bad(col, fmt::format("holds a column out of range or out of order in row {}", r));
+        return OutliersProblem{"outlier_cols", fmt::format("holds a column out of range or out of order in row {}", r)};
   }
   for (uint16_t v : o.values)
-    if ((v & 0x7c00) == 0x7c00) bad(val, "holds a value that is not finite");
-  return o;
+    if ((v & 0x7c00) == 0x7c00) return OutliersProblem{"outlier_values", "holds a value that is not finite"};
+  return std::nullopt;
 }
 
 QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std::string& name, const json& tc) {

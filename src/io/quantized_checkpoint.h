@@ -31,6 +31,7 @@
 #include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,14 @@ QuantizedTensor read_quantized_tensor(const SafetensorsModel& weights, const std
 // The outliers stored for NAME ([rows, cols]), validated: pointers monotone from 0 to nnz, columns
 // in range and increasing within each row, values finite. Error naming the file otherwise.
 StoredOutliers read_outliers(const SafetensorsModel& weights, const std::string& name, int64_t rows, int64_t cols);
+
+// What is wrong with outliers of a rows x cols weight, or nothing: `part` names the stored piece
+// ("outlier_rowptr", "outlier_cols", "outlier_values"), `why` the problem. Checks the sizes, row
+// pointers from 0 to nnz and monotone, columns in range and increasing per row, finite values.
+struct OutliersProblem {
+  std::string part, why;
+};
+std::optional<OutliersProblem> find_outliers_problem(const StoredOutliers& o, int64_t rows, int64_t cols);
 
 // The "quantization_config" of a quantized checkpoint directory's safetensors (Error if absent).
 nlohmann::json read_quantization_config(const SafetensorsModel& weights);

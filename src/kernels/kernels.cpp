@@ -158,15 +158,19 @@ bool simd_kernels_apply(const QuantizedTensor& q, SimdLevel level) {
   return set && level != SimdLevel::Scalar && set->applies(v);
 }
 
+// Row r of a GGUF-typed tensor, decoded as ggml does.
+static void dequantize_ggml_row(const QuantizedTensor& q, int64_t r, float* out) {
+  const int64_t row_bytes = ggml_row_bytes(q.spec, q.cols);
+  dequantize_ggml(ggml_type_of(q.spec), q.blocks.data() + r * row_bytes, q.cols, out);
+}
+
 void dequantize_rows(const QuantizedTensor& q, int64_t begin, int64_t end, float* out,
                      SimdLevel level) {
   if (begin < 0 || end > q.rows || begin > end)
     fail("dequantize_rows: rows [{}, {}) outside [0, {})", begin, end, q.rows);
   if (q.spec.scaling() == Scaling::Ggml) {  // ggml's own formulas, row by row
     check_kernel_layout(q);
-    const int64_t row_bytes = ggml_row_bytes(q.spec, q.cols);
-    for (int64_t r = begin; r < end; ++r)
-      dequantize_ggml(ggml_type_of(q.spec), q.blocks.data() + r * row_bytes, q.cols, out + (r - begin) * q.cols);
+    for (int64_t r = begin; r < end; ++r) dequantize_ggml_row(q, r, out + (r - begin) * q.cols);
     return;
   }
   WeightView v;
@@ -202,11 +206,9 @@ void qmatmul(const float* x, int64_t n, const QuantizedTensor& w, float* y) {
 // scalar kernels' order).
 static void ggml_matmul_rows(const float* x, int64_t n, const QuantizedTensor& w, int64_t r0,
                              int64_t r1, float* y, int64_t ldy) {
-  const GGMLType type = ggml_type_of(w.spec);
-  const int64_t row_bytes = ggml_row_bytes(w.spec, w.cols);
   std::vector<float> row(size_t(w.cols));
   for (int64_t r = r0; r < r1; ++r) {
-    dequantize_ggml(type, w.blocks.data() + r * row_bytes, w.cols, row.data());
+    dequantize_ggml_row(w, r, row.data());
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * w.cols;
       float acc = 0;

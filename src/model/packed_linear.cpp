@@ -28,9 +28,8 @@ std::shared_ptr<const PackedWeight> PackedWeight::make(QuantizedTensor q, const 
   if (!outliers || outliers->col.empty()) return w;
   const StoredOutliers& o = *outliers;
   const int64_t rows = w->q.rows, cols = w->q.cols;
-  if (o.rows != rows || o.cols != cols || int64_t(o.row_ptr.size()) != rows + 1 || o.row_ptr[0] != 0 ||
-      o.row_ptr[rows] != int64_t(o.col.size()) || o.values.size() != o.col.size())
-    fail("{}: outliers do not match its {}x{} shape", name, rows, cols);
+  if (o.rows != rows || o.cols != cols) fail("{}: outliers do not match its {}x{} shape", name, rows, cols);
+  if (std::optional<OutliersProblem> p = find_outliers_problem(o, rows, cols)) fail("{}: {} {}", name, p->part, p->why);
   w->row_ptr = o.row_ptr;
   w->col = o.col;
   w->value.resize(o.values.size());
@@ -38,14 +37,9 @@ std::shared_ptr<const PackedWeight> PackedWeight::make(QuantizedTensor q, const 
   // low-bit part has there: exactly the fp16 value wherever (as lowbit writes them) that is 0.
   std::vector<float> row(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t b = o.row_ptr[r], e = o.row_ptr[r + 1];
-    if (e < b) fail("{}: outlier row pointers decrease at row {}", name, r);
-    if (b == e) continue;
+    if (o.row_ptr[r] == o.row_ptr[r + 1]) continue;
     dequantize_row(w->q, r, row.data());
-    for (int32_t k = b; k < e; ++k) {
-      if (o.col[k] < 0 || o.col[k] >= cols) fail("{}: outlier column {} outside [0, {})", name, o.col[k], cols);
-      w->value[k] = fp16_to_float(o.values[k]) - row[o.col[k]];
-    }
+    for (int32_t k = o.row_ptr[r]; k < o.row_ptr[r + 1]; ++k) w->value[k] = fp16_to_float(o.values[k]) - row[o.col[k]];
   }
   return w;
 }
